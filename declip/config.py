@@ -1,0 +1,211 @@
+"""Configuration: loading, validation against the schema (filling defaults), variants, job slices.
+
+Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = ROOT / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key and what is allowed."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive dict update, the way Snakemake merges --configfile/--config onto config.yaml."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(schema: dict, instance: Any) -> None:
+    """Fill `default`s depth-first (objects with `default: {}` are created, then filled)."""
+    if not isinstance(instance, dict) or schema.get("type") not in ("object", None):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(sub, instance[key])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(extra, value)
+
+
+def _format_error(err) -> str:
+    path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    sub = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "enum":
+        allowed = ", ".join(repr(v) for v in sub.get("enum", []))
+        return f"config key `{path}`: {err.instance!r} is not allowed; allowed values: {allowed}"
+    if err.validator == "additionalProperties":
+        allowed = ", ".join(sorted(sub.get("properties", {})))
+        return f"config key `{path}`: {err.message}; allowed keys: {allowed}"
+    hint = f" ({sub['description']})" if sub.get("description") else ""
+    return f"config key `{path}`: {err.message}{hint}"
+
+
+def validate(config: dict) -> dict:
+    """Validate in place against the schema, filling defaults; raise ConfigError naming the key."""
+    import jsonschema
+
+    schema = load_schema()
+    _fill_defaults(schema, config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_format_error(e) for e in errors[:10]))
+    _check_references(config, schema)
+    return config
+
+
+def _check_references(config: dict, schema: dict) -> None:
+    """Cross-key checks the JSON schema cannot express."""
+    problems = []
+    presets = config["variant_presets"]
+    for name in config["variants"]:
+        if name not in presets:
+            problems.append(
+                f"config key `variants`: {name!r} is not a variant preset; allowed values: {', '.join(sorted(presets))}"
+            )
+    method_schema = schema["properties"]["method"]
+    for name in presets:
+        try:
+            method = variant_method(config, name)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if method["vfm"] not in config["teachers"]["vfms"]:
+            problems.append(
+                f"config key `variant_presets.{name}.vfm` (or `method.vfm`): {method['vfm']!r} is not a teacher; "
+                f"allowed values: {', '.join(sorted(config['teachers']['vfms']))}"
+            )
+        import jsonschema
+
+        for err in jsonschema.Draft202012Validator(method_schema).iter_errors(method):
+            problems.append(_format_error(err).replace("config key `", f"config key `variant_presets.{name}.", 1))
+    datasets = config["datasets"]
+    refs = [("distill.dataset", config["distill"]["dataset"]),
+            ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
+            ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"])]
+    refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
+    for key, name in refs:
+        if name not in datasets:
+            problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def load(*configfiles: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """config.yaml, then each configfile, then overrides, merged and validated (as the Snakefile does)."""
+    with open(DEFAULT_CONFIG) as f:
+        config = yaml.safe_load(f)
+    for path in configfiles:
+        with open(path) as f:
+            config = deep_merge(config, yaml.safe_load(f) or {})
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate(config)
+
+
+def variant_method(config: dict, variant: str) -> dict:
+    """The `method` section with a variant preset applied."""
+    presets = config.get("variant_presets", {})
+    if variant not in presets:
+        raise ConfigError(f"unknown variant {variant!r}; allowed values: {', '.join(sorted(presets))}")
+    method = dict(config["method"])
+    unknown = set(presets[variant]) - set(method)
+    if unknown:
+        raise ConfigError(
+            f"config key `variant_presets.{variant}`: unknown method keys {sorted(unknown)}; allowed keys: {', '.join(sorted(method))}"
+        )
+    method.update(presets[variant])
+    return method
+
+
+def trained_variants(config: dict, variants: list[str] | None = None) -> list[str]:
+    names = config["variants"] if variants is None else variants
+    return [v for v in names if variant_method(config, v)["train"]]
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+# Which config sections a job's verb reads; the slice is the job's MLflow params and its rerun trigger.
+RULE_SECTIONS = {
+    "dataset_mini2d": ["seed", "mini", "datasets"],
+    "dataset_mini3d": ["seed", "mini", "datasets"],
+    "download": ["datasets"],
+    "pretrain": ["seed", "mini", "student", "datasets"],
+    "teachers": ["seed", "student", "teachers", "datasets", "distill"],
+    "distill": ["seed", "student", "method", "teachers", "distill", "datasets"],
+    "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
+    "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
+    "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
+    "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
+    "tables": ["preset", "variants"],
+}
+
+
+def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> dict:
+    """Everything a `declip <verb> --job JSON` call needs: the resolved config slice and tracking tags."""
+    sections = RULE_SECTIONS.get(rule, list(config))
+    cfg = {k: copy.deepcopy(config[k]) for k in sections if k in config}
+    cfg["preset"] = config["preset"]
+    variant = wildcards.get("variant", "")
+    if variant and "method" in cfg:
+        cfg["method"] = variant_method(config, variant)
+    dataset = wildcards.get("dataset") or wildcards.get("benchmark") or _rule_dataset(config, rule)
+    key = rule + "".join(f":{k}={v}" for k, v in sorted(wildcards.items()))
+    return {
+        "rule": rule,
+        "variant": variant,
+        "dataset": dataset,
+        "job_key": key,
+        "preset": config["preset"],
+        "outputs": list(outputs),
+        "config": cfg,
+        "tracking": config["tracking"],
+    }
+
+
+def _rule_dataset(config: dict, rule: str) -> str:
+    ev = config["evaluate"]
+    return {
+        "dataset_mini2d": "mini2d",
+        "dataset_mini3d": "mini3d",
+        "pretrain": "mini2d",
+        "teachers": config["distill"]["dataset"],
+        "distill": config["distill"]["dataset"],
+        "evaluate_regionclf": ev["regionclf"]["dataset"],
+        "evaluate_ov3d": ev["ov3d"]["dataset"],
+    }.get(rule, "")
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]

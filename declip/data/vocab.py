@@ -1,0 +1,54 @@
+"""The mini world's vocabulary, shared by the 2D and 3D generators and the tiny CLIP's captions.
+
+Thing names are real ScanNet200 categories (ids from the ScanNet200 benchmark's label map), so the
+same names serve 2D panoptic/semantic annotations, the pretraining captions and the 3D scenes'
+`label_id*1000 + instance_id` ground truth. Appearance (colour, 2D shape, 3D primitive) is what the
+tiny CLIP learns to associate with each name; colours are far apart so that a 64-pixel model can
+tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int  # COCO-style category id in the mini world (1-based, things first)
+    name: str
+    isthing: bool
+    color: tuple[int, int, int]
+    shape: str  # 2D: circle|square|triangle|star|ring|diamond|cross|hexagon|rect_wide|rect_tall; stuff: texture
+    primitive: str | None = None  # 3D: box|cylinder|sphere|cone|flat_box|tall_box|tall_cylinder
+    scannet_id: int | None = None  # ScanNet200 label id (things only)
+
+
+THINGS: tuple[Category, ...] = (
+    Category(1, "chair", True, (220, 30, 30), "square", "box", 2),
+    Category(2, "table", True, (140, 90, 40), "rect_wide", "flat_box", 4),
+    Category(3, "lamp", True, (250, 220, 40), "triangle", "cone", 28),
+    Category(4, "bottle", True, (40, 180, 60), "rect_tall", "tall_cylinder", 65),
+    Category(5, "bucket", True, (40, 80, 230), "circle", "cylinder", 103),
+    Category(6, "clock", True, (245, 245, 245), "ring", "cylinder", 104),
+    Category(7, "ball", True, (255, 140, 0), "hexagon", "sphere", 169),
+    Category(8, "fire extinguisher", True, (200, 40, 200), "diamond", "tall_cylinder", 168),
+    Category(9, "backpack", True, (30, 200, 200), "cross", "box", 48),
+    Category(10, "pillow", True, (255, 170, 200), "star", "flat_box", 13),
+)
+
+STUFF: tuple[Category, ...] = (
+    Category(11, "grass", False, (60, 120, 40), "noise"),
+    Category(12, "sky", False, (120, 170, 235), "gradient"),
+    Category(13, "wall", False, (150, 150, 150), "bricks"),
+    Category(14, "floor", False, (170, 130, 90), "stripes"),
+    Category(15, "water", False, (30, 60, 120), "waves"),
+)
+
+CATEGORIES: tuple[Category, ...] = THINGS + STUFF
+
+
+def by_name(name: str) -> Category:
+    for c in CATEGORIES:
+        if c.name == name:
+            return c
+    raise KeyError(f"unknown mini-world category {name!r}; known: {[c.name for c in CATEGORIES]}")

@@ -1,0 +1,1 @@
+"""Layer 2: CLIP loading (open_clip), the dense/decoupled forward, VFM and SD teachers, conversion."""
