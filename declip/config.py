@@ -86,7 +86,7 @@ def _check_references(config: dict, schema: dict) -> None:
     """Cross-key checks the JSON schema cannot express."""
     problems = []
     presets = config["variant_presets"]
-    for name in config["variants"]:
+    for name in config["variants"] + config["tables"]["table2_variants"] + config["tables"]["figure_variants"]:
         if name not in presets:
             problems.append(
                 f"config key `variants`: {name!r} is not a variant preset; allowed values: {', '.join(sorted(presets))}"
@@ -152,8 +152,9 @@ def trained_variants(config: dict, variants: list[str] | None = None) -> list[st
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else ROOT / p
+    """Relative config paths are relative to the working directory, as Snakemake's are (the
+    repository root by default, `--directory DIR` otherwise)."""
+    return Path(path).absolute()
 
 
 # Which config sections a job's verb reads; the slice is the job's MLflow params and its rerun trigger.
@@ -168,7 +169,8 @@ RULE_SECTIONS = {
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
-    "tables": ["preset", "variants"],
+    "tables": ["preset", "variants", "tables"],
+    "table2": ["preset", "tables"],
 }
 
 

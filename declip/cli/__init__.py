@@ -71,10 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args._module.run(args, cfg) or {}
     except UserFacingError as e:
+        _track(job, {}, start, "FAILED")
         print(f"declip {args.verb}: error: {e}", file=sys.stderr)
         return 1
+    except BaseException:
+        _track(job, {}, start, "FAILED")
+        raise
+    _track(job, result, start, "FINISHED")
+    return 0
+
+
+def _track(job: dict | None, result: dict, start: float, status: str) -> None:
     if job is not None:
         from declip import tracking
 
-        tracking.record_job(job, result, seconds=time.time() - start)
-    return 0
+        tracking.record_job(job, result, seconds=time.time() - start, status=status)

@@ -48,9 +48,15 @@ def load_state_dict(path: str | Path) -> dict:
 
 
 def load_clip(student_cfg: dict, checkpoint: str | Path | None = None, checkpoint_format: str | None = None):
-    """The student CLIP with weights from a local checkpoint (open_clip or EVA-CLIP key layout), eval mode."""
+    """The student CLIP with weights from a local checkpoint (open_clip or EVA-CLIP key layout), eval mode.
+
+    `checkpoint` defaults to `student.checkpoint` (the original weights).
+    """
     path = resolve_path(checkpoint or student_cfg["checkpoint"])
-    fmt = checkpoint_format or student_cfg.get("checkpoint_format", "open_clip")
+    original = resolve_path(student_cfg["checkpoint"])
+    # The suite's own outputs (distilled checkpoints) are always open_clip layout; only the original
+    # weights come in `student.checkpoint_format`.
+    fmt = checkpoint_format or (student_cfg.get("checkpoint_format", "open_clip") if path == original else "open_clip")
     if not path.exists():
         raise UserFacingError(
             f"CLIP checkpoint {path} does not exist (config key `student.checkpoint`). "

@@ -1,0 +1,5 @@
+import sys
+
+from declip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m declip.cli` (used by torchrun for multi-GPU distillation)."""
+
+import sys
+
+from declip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""MLflow mirror of the workflow: one parent run per `snakemake` invocation, one child run per job.
+
+Files are the source of truth; tracking is best effort: every public function here logs and swallows
+its own failures, so a tracking problem never fails a job. Used by the CLI layer and the Snakefile's
+onstart/onsuccess/onerror hooks only (mlflow is imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from declip.config import ROOT
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "DECLIP_MLFLOW_PARENT_RUN_ID"
+TAG_KEYS = ("rule", "variant", "dataset", "job_key")
+_METRIC_SUFFIXES = (".json",)
+_ARTIFACT_SUFFIXES = (".json", ".csv", ".md", ".png", ".tsv", ".txt", ".html")
+_MAX_ARTIFACT_BYTES = 5_000_000
+
+
+def tracking_uri(tracking_cfg: dict | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else config `tracking.uri`, else sqlite `mlflow.db` at the repository root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if tracking_cfg and tracking_cfg.get("uri"):
+        return tracking_cfg["uri"]
+    return f"sqlite:///{(ROOT / 'mlflow.db').resolve()}"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(tracking_cfg: dict):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(tracking_cfg))
+
+
+def _experiment_id(client, tracking_cfg: dict) -> str:
+    name = tracking_cfg.get("experiment", "declip-repro")
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # Artifacts beside the database, never in the CWD's ./mlruns.
+    location = (ROOT / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_invocation(config: dict, targets: list[str] | None = None) -> str | None:
+    """Create the database and the invocation's parent run; export its id to the jobs' environment."""
+    cfg = config.get("tracking", {})
+    if not cfg.get("enabled", True):
+        return None
+    try:
+        client = _client(cfg)
+        exp_id = _experiment_id(client, cfg)
+        run = client.create_run(
+            exp_id,
+            run_name=f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={"declip.invocation": "snakemake", "declip.preset": config.get("preset", ""),
+                  "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha()},
+        )
+        os.environ[PARENT_ENV] = run.info.run_id
+        log.info("MLflow: parent run %s at %s", run.info.run_id, tracking_uri(cfg))
+        return run.info.run_id
+    except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
+        log.warning("MLflow tracking unavailable (%s); the workflow continues without it", e)
+        return None
+
+
+def end_invocation(config: dict, status: str) -> None:
+    run_id = os.environ.get(PARENT_ENV)
+    cfg = config.get("tracking", {})
+    if not run_id or not cfg.get("enabled", True):
+        return
+    try:
+        _client(cfg).set_terminated(run_id, status=status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("MLflow: could not close parent run %s (%s)", run_id, e)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _numeric(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(d).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def _metrics_from_outputs(outputs: list[str]) -> dict[str, float]:
+    metrics = {}
+    for path in outputs:
+        p = Path(path)
+        if p.suffix in _METRIC_SUFFIXES and p.is_file() and p.stat().st_size < _MAX_ARTIFACT_BYTES:
+            try:
+                data = json.loads(p.read_text())
+            except (ValueError, OSError):
+                continue
+            if isinstance(data, dict):
+                metrics.update(_numeric(data))
+    return metrics
+
+
+def _mlflow_key(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; replace anything else.
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in key)[:250]
+
+
+def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED") -> str | None:
+    """One child run for a finished (or failed) job; supersedes older runs of the same job key."""
+    cfg = job.get("tracking", {})
+    if not cfg.get("enabled", True):
+        return None
+    try:
+        return _record(job, result, seconds, status, cfg)
+    except Exception as e:  # noqa: BLE001 - tracking never fails a job
+        log.warning("MLflow: could not record job %s (%s); its files are unaffected", job.get("job_key"), e)
+        return None
+
+
+def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import ViewType
+
+    client = _client(cfg)
+    exp_id = _experiment_id(client, cfg)
+    key = job["job_key"]
+    for old in client.search_runs([exp_id], filter_string=f"tags.`declip.job_key` = '{key}'", run_view_type=ViewType.ACTIVE_ONLY):
+        client.delete_run(old.info.run_id)  # soft delete: the newer run supersedes it
+
+    tags = {f"declip.{k}": str(job.get(k, "")) for k in TAG_KEYS}
+    tags.update({"declip.git_sha": git_sha(), "declip.preset": job.get("preset", ""), "mlflow.runName": key})
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, run_name=key, tags=tags)
+    run_id = run.info.run_id
+
+    now = int(time.time() * 1000)
+    params = [Param(_mlflow_key(k), json.dumps(v) if not isinstance(v, str) else v)
+              for k, v in flatten(job.get("config", {})).items()]
+    metrics = _metrics_from_outputs(job.get("outputs", []))
+    metrics.update(_numeric(result.get("metrics", {})))
+    metrics["job_seconds"] = seconds
+    batch = [Metric(_mlflow_key(k), v, now, 0) for k, v in metrics.items()]
+    batch += _step_metrics(result.get("step_metrics"))
+    for i in range(0, max(len(params), 1), 100):
+        client.log_batch(run_id, params=[Param(p.key, p.value[:6000]) for p in params[i:i + 100]])
+    for i in range(0, len(batch), 900):
+        client.log_batch(run_id, metrics=batch[i:i + 900])
+    client.log_batch(run_id, tags=[RunTag("declip.seconds", f"{seconds:.1f}")])
+    for path in _artifacts(job.get("outputs", []) + list(result.get("artifacts", []))):
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def _step_metrics(path: str | None) -> list:
+    """Per-step training curves from a JSON-lines file (one {"step": n, name: value, ...} per line)."""
+    from mlflow.entities import Metric
+
+    if not path or not Path(path).is_file():
+        return []
+    out = []
+    now = int(time.time() * 1000)
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        step = int(row.get("step", 0))
+        for k, v in _numeric({k: v for k, v in row.items() if k != "step"}).items():
+            out.append(Metric(_mlflow_key(f"train/{k}"), v, now, step))
+    return out
+
+
+def _artifacts(paths: list[str]) -> list[Path]:
+    seen, out = set(), []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            candidates = sorted(q for q in p.rglob("*") if q.is_file())
+        else:
+            candidates = [p]
+        for q in candidates:
+            if q.suffix in _ARTIFACT_SUFFIXES and q.is_file() and q.stat().st_size < _MAX_ARTIFACT_BYTES and q not in seen:
+                seen.add(q)
+                out.append(q)
+    return out

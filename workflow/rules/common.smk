@@ -1,0 +1,94 @@
+# Shared helpers: config validation, job specs passed to `declip --job`, and path functions.
+# Only light imports here: Snakemake re-parses this for every job.
+
+import json
+
+from declip.config import ConfigError, job_spec, trained_variants, validate, variant_method
+
+try:
+    validate(config)
+except ConfigError as e:
+    raise WorkflowError(f"{e}\n(fix config.yaml, your --configfile, or --config)") from None
+
+
+P = config["paths"]
+R = P["results"]
+ENV = "../../envs/declip.yaml"
+MINI = config["preset"] == "mini"
+
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9_.\-]+",
+    dataset=r"[A-Za-z0-9_\-]+",
+    benchmark=r"[A-Za-z0-9_\-]+",
+    teacher=r"[A-Za-z0-9_\-]+",
+    host=r"[A-Za-z0-9_\-]+",
+    mode=r"[A-Za-z0-9_\-]+",
+    manifest=r"[A-Za-z0-9_\-]+",
+
+
+def job(rule_name):
+    """params function: the JSON job spec (config slice + tracking tags) for `declip <verb> --job`."""
+
+    def _spec(wildcards, output):
+        spec = job_spec(config, rule_name, dict(wildcards.items()), [str(o) for o in output])
+        return json.dumps(spec, sort_keys=True)
+
+    return _spec
+
+
+def dataset_marker(name):
+    """The file that proves a dataset is complete: its MANIFEST (mini worlds) or its download marker."""
+    spec = config["datasets"][name]
+    if spec["kind"] in ("mini2d", "mini3d"):
+        return f"{spec['root']}/MANIFEST.json"
+    if spec["kind"] == "manual":
+        return f"{P['data']}/.downloads/{spec.get('manifest', name)}.manual.json"
+    return f"{P['data']}/.downloads/{spec.get('manifest', name)}.json"
+
+
+def weights_marker():
+    return f"{P['models']}/.downloads/weights.json"
+
+
+def clip_checkpoint_inputs():
+    """What the original CLIP weights depend on: the pretrain rule (mini) or the weights download."""
+    return [config["student"]["checkpoint"]] if MINI else [weights_marker()]
+
+
+def teacher_inputs():
+    """Teacher models come from config (mini) or the weights download (full scale)."""
+    return [] if MINI else [weights_marker()]
+
+
+def variant_checkpoint(variant):
+    if not variant_method(config, variant)["train"]:
+        return config["student"]["checkpoint"]
+    return f"{R}/distill/{variant}/model.pt"
+
+
+def variant_checkpoint_inputs(wildcards):
+    if not variant_method(config, wildcards.variant)["train"]:
+        return clip_checkpoint_inputs()
+    return [variant_checkpoint(wildcards.variant)]
+
+
+def variant_teachers(variant):
+    """Teacher caches a variant's losses read: the VFM (context loss or RCC) and SD (SD-GSC)."""
+    m = variant_method(config, variant)
+    if not m["train"]:
+        return []
+    names = []
+    if m["context_loss"] != "none" or m["rcc"]:
+        names.append(m["vfm"])
+        if m["sd_gsc"] and m["context_loss"] != "none":
+            names.append("sd")
+    return names
+
+
+def teacher_index(dataset, teacher):
+    return f"{P['cache']}/teachers/{dataset}/{teacher}/index.json"
+
+
+def logfile(name):
+    return f"{P['logs']}/{name}.log"

@@ -1,0 +1,108 @@
+# Datasets: the synthetic mini worlds, full-scale downloads (localrules: login nodes have internet),
+# and the mini preset's tiny CLIP pretraining.
+
+
+localrules:
+    download,
+    manual_dataset,
+
+
+rule dataset_mini2d:
+    output:
+        f"{config['datasets']['mini2d']['root']}/MANIFEST.json",
+    params:
+        job=job("dataset_mini2d"),
+        root=config["datasets"]["mini2d"]["root"],
+    log:
+        logfile("dataset_mini2d"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip dataset --job {params.job:q} mini2d --out {params.root} > {log} 2>&1"
+
+
+rule dataset_mini3d:
+    output:
+        f"{config['datasets']['mini3d']['root']}/MANIFEST.json",
+    params:
+        job=job("dataset_mini3d"),
+        root=config["datasets"]["mini3d"]["root"],
+    log:
+        logfile("dataset_mini3d"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip dataset --job {params.job:q} mini3d --out {params.root} > {log} 2>&1"
+
+
+rule download:
+    output:
+        f"{P['data']}/.downloads/{{manifest}}.json",
+    params:
+        job=job("download"),
+    log:
+        logfile("download/{manifest}"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=24 * 60,
+    conda:
+        ENV
+    shell:
+        "declip dataset --job {params.job:q} download --manifest {wildcards.manifest} --out {output} > {log} 2>&1"
+
+
+use rule download as download_weights with:
+    output:
+        f"{P['models']}/.downloads/{{manifest}}.json",
+    log:
+        logfile("download/models-{manifest}"),
+
+
+rule manual_dataset:
+    output:
+        f"{P['data']}/.downloads/{{manifest}}.manual.json",
+    params:
+        job=job("download"),
+    log:
+        logfile("download/{manifest}.manual"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip dataset --job {params.job:q} download --manifest {wildcards.manifest} --out {output} > {log} 2>&1"
+
+
+if MINI:
+
+    rule pretrain:
+        input:
+            f"{config['datasets']['mini2d']['root']}/MANIFEST.json",
+        output:
+            ckpt=config["student"]["checkpoint"],
+            metrics=os.path.join(os.path.dirname(config["student"]["checkpoint"]), "pretrain_metrics.json"),
+        params:
+            job=job("pretrain"),
+        log:
+            logfile("pretrain"),
+        benchmark:
+            "benchmarks/pretrain.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=15,
+        conda:
+            ENV
+        shell:
+            "declip pretrain --job {params.job:q} --data {input} --out {output.ckpt} --threads {threads} > {log} 2>&1"

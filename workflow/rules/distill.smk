@@ -1,0 +1,38 @@
+# Distillation, one job per variant. With resources gpu > 1 the job runs under torchrun (DDP); the
+# trainer keeps the total batch with gradient accumulation whatever the number of GPUs.
+
+
+def distill_launcher(wildcards, resources):
+    n = int(resources.gpu)
+    if n > 1:
+        return f"torchrun --standalone --nproc_per_node={n} -m declip.cli"
+    return "declip"
+
+
+rule distill:
+    input:
+        data=dataset_marker(config["distill"]["dataset"]),
+        clip=clip_checkpoint_inputs(),
+        teachers=lambda w: [teacher_index(config["distill"]["dataset"], t) for t in variant_teachers(w.variant)],
+    output:
+        model=f"{R}/distill/{{variant}}/model.pt",
+        provenance=f"{R}/distill/{{variant}}/provenance.json",
+        losses=f"{R}/distill/{{variant}}/losses.jsonl",
+    params:
+        job=job("distill"),
+        launcher=distill_launcher,
+        teachers=lambda w, input: ("--teachers " + " ".join(input.teachers)) if input.teachers else "",
+    log:
+        logfile("distill/{variant}"),
+    benchmark:
+        "benchmarks/distill/{variant}.tsv"
+    threads: 2
+    resources:
+        gpu=config["distill"]["gpus"],
+        mem_mb=lambda w: 4000 if MINI else 64000,
+        runtime=lambda w: 30 if MINI else 48 * 60,
+    conda:
+        ENV
+    shell:
+        "{params.launcher} distill --job {params.job:q} --variant {wildcards.variant} --data {input.data} "
+        "{params.teachers} --out {output.model} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,91 @@
+# Evaluation: one job per family x benchmark x variant, each writing a metrics.json.
+
+EV = config["evaluate"]
+
+
+def eval_inputs(dataset_name):
+    def _inputs(wildcards):
+        return {"data": dataset_marker(dataset_name(wildcards)), "ckpt": variant_checkpoint_inputs(wildcards)}
+
+    return _inputs
+
+
+rule evaluate_regionclf:
+    input:
+        unpack(eval_inputs(lambda w: w.dataset)),
+    output:
+        f"{R}/eval/regionclf/{{dataset}}/{{variant}}/metrics.json",
+    params:
+        job=job("evaluate_regionclf"),
+        ckpt=lambda w: variant_checkpoint(w.variant),
+        root=lambda w: config["datasets"][w.dataset]["root"],
+    log:
+        logfile("evaluate/regionclf-{dataset}-{variant}"),
+    threads: 1
+    resources:
+        gpu=lambda w: 0 if MINI else 1,
+        mem_mb=lambda w: 3000 if MINI else 32000,
+        runtime=lambda w: 10 if MINI else 120,
+    conda:
+        ENV
+    shell:
+        "declip evaluate --job {params.job:q} regionclf --variant {wildcards.variant} --checkpoint {params.ckpt} "
+        "--data {params.root} --dataset {wildcards.dataset} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_tfseg:
+    input:
+        unpack(eval_inputs(lambda w: w.benchmark)),
+    output:
+        f"{R}/eval/tfseg/{{benchmark}}/{{variant}}/metrics.json",
+    params:
+        job=job("evaluate_tfseg"),
+        ckpt=lambda w: variant_checkpoint(w.variant),
+        root=lambda w: config["datasets"][w.benchmark]["root"],
+    log:
+        logfile("evaluate/tfseg-{benchmark}-{variant}"),
+    threads: 1
+    resources:
+        gpu=lambda w: 0 if MINI else 1,
+        mem_mb=lambda w: 3000 if MINI else 32000,
+        runtime=lambda w: 10 if MINI else 240,
+    conda:
+        ENV
+    shell:
+        "declip evaluate --job {params.job:q} tfseg --variant {wildcards.variant} --checkpoint {params.ckpt} "
+        "--data {params.root} --dataset {wildcards.benchmark} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_ov3d:
+    input:
+        unpack(eval_inputs(lambda w: EV["ov3d"]["dataset"])),
+    output:
+        f"{R}/eval/ov3d/{{host}}/{{mode}}/{{variant}}/metrics.json",
+    params:
+        job=job("evaluate_ov3d"),
+        ckpt=lambda w: variant_checkpoint(w.variant),
+        root=config["datasets"][EV["ov3d"]["dataset"]]["root"],
+    log:
+        logfile("evaluate/ov3d-{host}-{mode}-{variant}"),
+    threads: 1
+    resources:
+        gpu=lambda w: 0 if MINI else 1,
+        mem_mb=lambda w: 3000 if MINI else 32000,
+        runtime=lambda w: 10 if MINI else 240,
+    conda:
+        ENV
+    shell:
+        "declip evaluate --job {params.job:q} ov3d --variant {wildcards.variant} --checkpoint {params.ckpt} "
+        "--data {params.root} --host {wildcards.host} --mode {wildcards.mode} --out {output} --threads {threads} > {log} 2>&1"
+
+
+def regionclf_metrics(variants):
+    return [f"{R}/eval/regionclf/{EV['regionclf']['dataset']}/{v}/metrics.json" for v in variants]
+
+
+def tfseg_metrics(variants):
+    return [f"{R}/eval/tfseg/{b}/{v}/metrics.json" for b in EV["tfseg"]["benchmarks"] for v in variants]
+
+
+def ov3d_metrics(variants):
+    return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]

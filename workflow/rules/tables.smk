@@ -1,0 +1,88 @@
+# Tables (declared once in declip.tables.registry) and figures; the report gathers both.
+
+from declip.tables.registry import table_ids
+
+TABLE_IDS = [t for t in table_ids() if t != "table2"]
+
+
+rule tables:
+    input:
+        regionclf_metrics(config["variants"]),
+        tfseg_metrics(config["variants"]),
+    output:
+        csv=[
+            report(f"{R}/tables/{t}.csv", caption="../report/table.rst", category="Tables", labels={"table": t})
+            for t in TABLE_IDS
+        ],
+        md=[f"{R}/tables/{t}.md" for t in TABLE_IDS],
+    params:
+        job=job("tables"),
+    log:
+        logfile("tables"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip tables --job {params.job:q} --metrics-root {R}/eval --out-dir {R}/tables "
+        + " ".join(f"--table {t}" for t in TABLE_IDS)
+        + " > {log} 2>&1"
+
+
+rule table2:
+    input:
+        ov3d_metrics(config["tables"]["table2_variants"]),
+    output:
+        csv=report(f"{R}/table2.csv", caption="../report/table2.rst", category="Tables", labels={"table": "table2"}),
+        md=f"{R}/tables/table2.md",
+    params:
+        job=job("table2"),
+    log:
+        logfile("table2"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip tables --job {params.job:q} --metrics-root {R}/eval --out-dir {R}/tables --table table2 "
+        "--table2-out {output.csv} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        data=dataset_marker(EV["regionclf"]["dataset"]),
+        ckpt=variant_checkpoint_inputs,
+        clip=clip_checkpoint_inputs(),
+        vfm=lambda w: teacher_index(EV["regionclf"]["dataset"], variant_method(config, "declip")["vfm"]),
+    output:
+        report(
+            directory(f"{R}/figures/{{variant}}"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels=lambda w: {"variant": w.variant, "figure": "{name}"},
+        ),
+    params:
+        job=job("figures"),
+        ckpt=lambda w: variant_checkpoint(w.variant),
+        root=config["datasets"][EV["regionclf"]["dataset"]]["root"],
+        dataset=EV["regionclf"]["dataset"],
+    log:
+        logfile("figures/{variant}"),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "declip figures --job {params.job:q} --variant {wildcards.variant} --checkpoint {params.ckpt} "
+        "--data {params.root} --dataset {params.dataset} --teachers {input.vfm} --out-dir {output} > {log} 2>&1"
+
+
+def figure_outputs(variants):
+    return [f"{R}/figures/{v}" for v in variants]

@@ -1,0 +1,27 @@
+# Teacher cache: VFM tokens and SD affinities, extracted ONCE per dataset x teacher and shared by
+# every variant that uses that teacher (the DAG shows one extraction job per teacher).
+
+
+rule teachers:
+    input:
+        data=lambda w: dataset_marker(w.dataset),
+        models=teacher_inputs(),
+    output:
+        teacher_index("{dataset}", "{teacher}"),
+    params:
+        job=job("teachers"),
+        teacher=lambda w: "sd" if w.teacher == "sd" else f"vfm:{w.teacher}",
+    log:
+        logfile("teachers/{dataset}-{teacher}"),
+    benchmark:
+        "benchmarks/teachers/{dataset}-{teacher}.tsv"
+    threads: 2
+    resources:
+        gpu=lambda w: 0 if MINI else 1,
+        mem_mb=lambda w: 4000 if MINI else 32000,
+        runtime=lambda w: 15 if MINI else 24 * 60,
+    conda:
+        ENV
+    shell:
+        "declip teachers --job {params.job:q} --dataset {wildcards.dataset} --teacher {params.teacher} "
+        "--out {output} --threads {threads} > {log} 2>&1"
