@@ -33,5 +33,5 @@ rule all:
 
 rule ablations:
     input:
-        rules.ablation_tables.output,
+        rules.tables.output,
         figure_outputs(config["tables"]["figure_variants"]),

@@ -169,8 +169,8 @@ RULE_SECTIONS = {
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
-    "tables": ["preset", "variants", "tables"],
-    "table2": ["preset", "tables"],
+    "tables": ["preset", "variants", "tables", "evaluate"],
+    "table2": ["preset", "tables", "evaluate"],
 }
 
 

@@ -3,6 +3,8 @@
 
 import json
 
+from declip.tables.registry import table_ids
+
 from declip.config import ConfigError, job_spec, trained_variants, validate, variant_method
 
 try:
@@ -15,6 +17,7 @@ P = config["paths"]
 R = P["results"]
 ENV = "../../envs/declip.yaml"
 MINI = config["preset"] == "mini"
+EV = config["evaluate"]
 
 
 wildcard_constraints:
@@ -92,3 +95,36 @@ def teacher_index(dataset, teacher):
 
 def logfile(name):
     return f"{P['logs']}/{name}.log"
+
+
+def distill_launcher(wildcards, resources):
+    n = int(resources.gpu)
+    if n > 1:
+        return f"torchrun --standalone --nproc_per_node={n} -m declip.cli"
+    return "declip"
+
+
+def eval_inputs(dataset_name):
+    def _inputs(wildcards):
+        return {"data": dataset_marker(dataset_name(wildcards)), "ckpt": variant_checkpoint_inputs(wildcards)}
+
+    return _inputs
+
+
+def regionclf_metrics(variants):
+    return [f"{R}/eval/regionclf/{EV['regionclf']['dataset']}/{v}/metrics.json" for v in variants]
+
+
+def tfseg_metrics(variants):
+    return [f"{R}/eval/tfseg/{b}/{v}/metrics.json" for b in EV["tfseg"]["benchmarks"] for v in variants]
+
+
+def ov3d_metrics(variants):
+    return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]
+
+
+def figure_outputs(variants):
+    return [f"{R}/figures/{v}" for v in variants]
+
+
+TABLE_IDS = [t for t in table_ids() if t != "table2"]

@@ -12,7 +12,7 @@ rule dataset_mini2d:
         f"{config['datasets']['mini2d']['root']}/MANIFEST.json",
     params:
         job=job("dataset_mini2d"),
-        root=config["datasets"]["mini2d"]["root"],
+        root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini2d"),
     threads: 1
@@ -30,7 +30,7 @@ rule dataset_mini3d:
         f"{config['datasets']['mini3d']['root']}/MANIFEST.json",
     params:
         job=job("dataset_mini3d"),
-        root=config["datasets"]["mini3d"]["root"],
+        root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini3d"),
     threads: 1

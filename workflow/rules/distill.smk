@@ -2,13 +2,6 @@
 # trainer keeps the total batch with gradient accumulation whatever the number of GPUs.
 
 
-def distill_launcher(wildcards, resources):
-    n = int(resources.gpu)
-    if n > 1:
-        return f"torchrun --standalone --nproc_per_node={n} -m declip.cli"
-    return "declip"
-
-
 rule distill:
     input:
         data=dataset_marker(config["distill"]["dataset"]),

@@ -1,15 +1,5 @@
 # Evaluation: one job per family x benchmark x variant, each writing a metrics.json.
 
-EV = config["evaluate"]
-
-
-def eval_inputs(dataset_name):
-    def _inputs(wildcards):
-        return {"data": dataset_marker(dataset_name(wildcards)), "ckpt": variant_checkpoint_inputs(wildcards)}
-
-    return _inputs
-
-
 rule evaluate_regionclf:
     input:
         unpack(eval_inputs(lambda w: w.dataset)),
@@ -64,7 +54,7 @@ rule evaluate_ov3d:
     params:
         job=job("evaluate_ov3d"),
         ckpt=lambda w: variant_checkpoint(w.variant),
-        root=config["datasets"][EV["ov3d"]["dataset"]]["root"],
+        root=lambda w: config["datasets"][EV["ov3d"]["dataset"]]["root"],
     log:
         logfile("evaluate/ov3d-{host}-{mode}-{variant}"),
     threads: 1
@@ -77,15 +67,3 @@ rule evaluate_ov3d:
     shell:
         "declip evaluate --job {params.job:q} ov3d --variant {wildcards.variant} --checkpoint {params.ckpt} "
         "--data {params.root} --host {wildcards.host} --mode {wildcards.mode} --out {output} --threads {threads} > {log} 2>&1"
-
-
-def regionclf_metrics(variants):
-    return [f"{R}/eval/regionclf/{EV['regionclf']['dataset']}/{v}/metrics.json" for v in variants]
-
-
-def tfseg_metrics(variants):
-    return [f"{R}/eval/tfseg/{b}/{v}/metrics.json" for b in EV["tfseg"]["benchmarks"] for v in variants]
-
-
-def ov3d_metrics(variants):
-    return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]

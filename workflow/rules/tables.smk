@@ -1,10 +1,5 @@
 # Tables (declared once in declip.tables.registry) and figures; the report gathers both.
 
-from declip.tables.registry import table_ids
-
-TABLE_IDS = [t for t in table_ids() if t != "table2"]
-
-
 rule tables:
     input:
         regionclf_metrics(config["variants"]),
@@ -17,6 +12,8 @@ rule tables:
         md=[f"{R}/tables/{t}.md" for t in TABLE_IDS],
     params:
         job=job("tables"),
+        metrics=lambda w: f"{R}/eval",
+        out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
         logfile("tables"),
     threads: 1
@@ -26,7 +23,7 @@ rule tables:
     conda:
         ENV
     shell:
-        "declip tables --job {params.job:q} --metrics-root {R}/eval --out-dir {R}/tables "
+        "declip tables --job {params.job:q} --metrics-root {params.metrics} --out-dir {params.out_dir} "
         + " ".join(f"--table {t}" for t in TABLE_IDS)
         + " > {log} 2>&1"
 
@@ -39,6 +36,8 @@ rule table2:
         md=f"{R}/tables/table2.md",
     params:
         job=job("table2"),
+        metrics=lambda w: f"{R}/eval",
+        out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
         logfile("table2"),
     threads: 1
@@ -48,7 +47,7 @@ rule table2:
     conda:
         ENV
     shell:
-        "declip tables --job {params.job:q} --metrics-root {R}/eval --out-dir {R}/tables --table table2 "
+        "declip tables --job {params.job:q} --metrics-root {params.metrics} --out-dir {params.out_dir} --table table2 "
         "--table2-out {output.csv} > {log} 2>&1"
 
 
@@ -69,7 +68,7 @@ rule figures:
     params:
         job=job("figures"),
         ckpt=lambda w: variant_checkpoint(w.variant),
-        root=config["datasets"][EV["regionclf"]["dataset"]]["root"],
+        root=lambda w, input: os.path.dirname(input.data),
         dataset=EV["regionclf"]["dataset"],
     log:
         logfile("figures/{variant}"),
@@ -82,7 +81,3 @@ rule figures:
     shell:
         "declip figures --job {params.job:q} --variant {wildcards.variant} --checkpoint {params.ckpt} "
         "--data {params.root} --dataset {params.dataset} --teachers {input.vfm} --out-dir {output} > {log} 2>&1"
-
-
-def figure_outputs(variants):
-    return [f"{R}/figures/{v}" for v in variants]

@@ -2,6 +2,10 @@
 # each job's child run is recorded by `declip <verb> --job ...` (declip.tracking). Also the SLURM preflight.
 
 import shutil
+import subprocess
+import sys
+
+import yaml
 
 
 onstart:
@@ -20,9 +24,31 @@ onsuccess:
     from declip.tracking import end_invocation
 
     end_invocation(config, "FINISHED")
+    spawn_report()
 
 
 onerror:
     from declip.tracking import end_invocation
 
     end_invocation(config, "FAILED")
+
+
+def spawn_report():
+    """`snakemake --report` for this run's targets and config, started once this run has released its
+    locks (a report made inside onsuccess sees an empty DAG); its log is logs/report.log."""
+    path = config["tables"]["report"]
+    if not path:
+        return
+    state = os.path.join(".snakemake", "declip")
+    os.makedirs(state, exist_ok=True)
+    dumped = os.path.join(state, "report-config.yaml")
+    with open(dumped, "w") as f:
+        yaml.safe_dump(dict(config), f)
+    cmd = [sys.executable, "-m", "snakemake", "--report", path, "-s", workflow.main_snakefile,
+           "--configfile", dumped, *sorted(workflow.dag_settings.targets)]
+    os.makedirs(P["logs"], exist_ok=True)
+    waiter = "for i in $(seq 600); do ls .snakemake/locks/*.lock >/dev/null 2>&1 || break; sleep 0.5; done; "
+    with open(os.path.join(P["logs"], "report.log"), "w") as log:
+        subprocess.Popen(["sh", "-c", waiter + '"$@"', "sh", *cmd], stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    print(f"The report is being written to {path} (log: {P['logs']}/report.log).")

@@ -1,0 +1,58 @@
+"""`declip evaluate <family>`: one task family's feature protocol on one dataset/benchmark and variant.
+
+Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5). Each writes
+the family's metrics.json (docs/interfaces.md) and returns its headline numbers for tracking.
+"""
+
+from __future__ import annotations
+
+SUBVERBS = {
+    "regionclf": ("declip.evaluate.regionclf", "Region classification of COCO-panoptic segments (CLIPSelf protocol)."),
+    "tfseg": ("declip.evaluate.tfseg", "Training-free open-vocabulary semantic segmentation (sliding window, mIoU)."),
+    "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
+}
+
+
+def _common(p) -> None:
+    p.add_argument("--variant", required=True, help="Variant name (a key of variant_presets), e.g. clip, declip.")
+    p.add_argument("--checkpoint", default=None,
+                   help="CLIP weights; default: student.checkpoint for `clip`, "
+                        "else results/distill/<variant>/model.pt.")
+    p.add_argument("--data", default=None, help="Dataset root; default: the `root` of the configured dataset.")
+    p.add_argument("--out", required=True, help="metrics.json to write.")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name, (_, help_text) in SUBVERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name == "regionclf":
+            p.add_argument("--dataset", default=None, help="A key of `datasets`; default evaluate.regionclf.dataset.")
+        elif name == "tfseg":
+            p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
+                           help="A key of `datasets` (one of evaluate.tfseg.benchmarks); "
+                                "needed when several are configured.")
+            p.add_argument("--save-pred", default=None, metavar="DIR",
+                           help="Also write one index PNG per image (named like its ground truth) into DIR.")
+        elif name == "ov3d":
+            p.add_argument("--host", default="openmask3d", help="Host pipeline: openmask3d or open3dis.")
+            p.add_argument("--mode", default="dense",
+                           help="crops (image tower on multi-level crops) or dense (mask-pool the dense map).")
+
+
+def run(args, cfg) -> dict:
+    import importlib
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if "variant_presets" in cfg:  # a full config (manual use): resolve `method` for the variant, as jobs do
+        from declip.config import variant_method
+
+        cfg = {**cfg, "method": variant_method(cfg, args.variant)}
+    module = importlib.import_module(SUBVERBS[args.family][0])
+    return module.main(args, cfg)

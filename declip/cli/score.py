@@ -1,0 +1,34 @@
+"""`declip score <family>`: score predictions given in a benchmark's official file formats.
+
+Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics) and `scannet200` (ScanNet benchmark
+instance AP). Both print their scores as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+SUBVERBS = {
+    "semseg": ("declip.metrics.semseg", "mIoU / aAcc / per-class IoU of index-PNG predictions (mmseg IoUMetric)."),
+    "scannet200": ("declip.metrics.scannet200", "ScanNet200 instance AP (AP, AP50, AP25, head/common/tail)."),
+}
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name, (_, help_text) in SUBVERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--gt", required=True, help="Ground-truth folder.")
+        p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
+        if name == "semseg":
+            p.add_argument("--num-classes", type=int, required=True, help="Number of classes K (labels 0..K-1).")
+            p.add_argument("--ignore-index", type=int, default=255, help="Ground-truth label to ignore (default 255).")
+            p.add_argument("--reduce-zero-label", action="store_true",
+                           help="Ground truth 0 -> ignore, others minus 1 (ADE20K, as mmseg).")
+
+
+def run(args, cfg) -> dict:
+    import importlib
+
+    out = importlib.import_module(SUBVERBS[args.family][0]).main(args)
+    # NaN (v != v) is not a number a tracker can record.
+    metrics = {k: v for k, v in (out or {}).items() if isinstance(v, (int, float)) and v == v}
+    return {"metrics": metrics}

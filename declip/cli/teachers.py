@@ -1,0 +1,28 @@
+"""`declip teachers`: extract one teacher's outputs for every image of a dataset into the cache (resumable)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", required=True, help="A key of `datasets` (e.g. mini2d, coco_train2017).")
+    parser.add_argument("--teacher", required=True, help="vfm:<name> (a key of teachers.vfms) or sd.")
+    parser.add_argument("--out", required=True, help="cache/teachers/<dataset>/<teacher>/index.json (written last).")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+
+
+def run(args, cfg) -> dict:
+    import torch
+
+    from declip.distill.cache import extract
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    index = extract(cfg, args.dataset, args.teacher, args.out, device=args.device)
+    metrics = {"images": len(index["image_ids"]), "shards": len(index["shards"])}
+    if index["throughput"]["images_per_s"] is not None:
+        metrics["images_per_s"] = index["throughput"]["images_per_s"]
+    if "retained_mass" in index:
+        metrics["retained_mass_min"] = index["retained_mass"]["min"]
+        metrics["retained_mass_mean"] = index["retained_mass"]["mean"]
+    return {"metrics": metrics, "artifacts": [args.out]}

@@ -1,0 +1,150 @@
+"""`declip bench distill`: throughput, time split, peak memory and MFU of the real training step.
+
+It runs `declip.distill.trainer.train_step` (the same code as `declip distill`) on synthetic letterboxed
+images with on-line teachers, so every phase is visible: data (batch transfer, region sampling),
+teacher crops (the frozen CLIP on RoIAligned cells), VFM, SD, student (forward, losses, backward) and
+the optimizer. CUDA timings are torch.cuda.synchronize-bounded. FLOPs are counted with
+torch.utils.flop_counter.FlopCounterMode over one step (matmul/conv/attention FLOPs, the usual MFU basis).
+"""
+
+from __future__ import annotations
+
+import time
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s, per autocast dtype.
+# Source: NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe columns) and NVIDIA H200 datasheet
+# (H200 SXM has the H100 SXM compute; NVL the H100 NVL-class clocks). Datasheets list sparse figures;
+# the dense figure is half of them. fp32 = TF32 tensor-core peak (what fp32 matmuls use with TF32 on).
+PEAK_TFLOPS = {
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 378.0},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 417.5},
+    "H200 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 417.5},
+}
+
+
+def peak_tflops(device_name: str, dtype: str) -> tuple[float | None, str | None]:
+    """(peak TFLOP/s, table row) for a CUDA device name, or (None, None) when it is not in the table."""
+    name = device_name.upper()
+    for gpu in ("H200", "H100"):
+        if gpu in name:
+            form = "PCIe" if "PCIE" in name else "NVL" if "NVL" in name else "SXM"
+            row = f"{gpu} {form}" if f"{gpu} {form}" in PEAK_TFLOPS else f"{gpu} SXM"
+            return PEAK_TFLOPS[row][dtype], row
+    return None, None
+
+
+def synthetic_batch(batch: int, image_size: int, generator):
+    """Random letterboxed images: a random aspect per image, zero padding right/bottom like letterbox."""
+    import torch
+
+    images = torch.zeros(batch, 3, image_size, image_size)
+    sizes = []
+    for i in range(batch):
+        short = int(torch.randint(image_size // 2, image_size + 1, (1,), generator=generator))
+        h, w = (image_size, short) if i % 2 else (short, image_size)
+        images[i, :, :h, :w] = torch.rand(3, h, w, generator=generator)
+        sizes.append((h, w))
+    return {"image": images, "size": torch.tensor(sizes), "index": torch.arange(batch)}
+
+
+def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: int = 2, device: str = "auto",
+                  random_weights: bool = False) -> dict:
+    """Time `steps` training steps after `warmup` untimed ones; returns the figures as a dict."""
+    import resource
+
+    import torch
+
+    from declip.config import variant_method
+    from declip.distill.trainer import (OnlineTeachers, PhaseTimer, StepContext, amp_setup, build_models,
+                                        param_groups, train_step)
+
+    method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
+    dcfg = cfg["distill"]
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    cuda = dev.type == "cuda"
+    batch_size = dcfg["batch_size"]
+    micro = dcfg["per_device_batch"] or batch_size
+    accum = max(1, batch_size // micro)
+
+    clip, student, teacher, _ = build_models(cfg, method, dev, random_weights=random_weights)
+    teachers = OnlineTeachers(cfg, method, dev)
+    optimizer = torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"],
+                                  betas=tuple(dcfg["betas"]), eps=dcfg["eps"])
+    amp_dtype, scaler = amp_setup(dev, dcfg["precision"])
+    g = torch.Generator().manual_seed(cfg["seed"])
+    batches = [synthetic_batch(micro, cfg["student"]["image_size"], g) for _ in range(accum)]
+    ctx = StepContext(student=student, teacher=teacher, teachers=teachers, optimizer=optimizer, method=method,
+                      student_cfg=cfg["student"], device=dev, image_ids=[str(i) for i in range(micro)],
+                      seed=cfg["seed"], batch_size=batch_size, micro_batch=micro, amp_dtype=amp_dtype, scaler=scaler)
+    for step in range(warmup):
+        train_step(ctx, step, batches)
+
+    flops = None
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            train_step(ctx, warmup, batches)
+        flops = counter.get_total_flops()
+    except Exception as e:  # FLOP counting is informative only
+        flops_error = f"{type(e).__name__}: {e}"
+    else:
+        flops_error = None
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+    ctx.timer = PhaseTimer(sync=cuda)
+    start = time.perf_counter()
+    for step in range(warmup + 1, warmup + 1 + steps):
+        train_step(ctx, step, batches)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+
+    out = {
+        "variant": variant, "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "threads": torch.get_num_threads(), "steps": steps, "batch_size": batch_size, "micro_batch": micro,
+        "image_size": cfg["student"]["image_size"], "seconds": seconds, "step_ms": 1000 * seconds / steps,
+        "images_per_s": steps * batch_size / seconds,
+        "split_s_per_step": {k: v / steps for k, v in sorted(ctx.timer.seconds.items())},
+        "flops_per_step": flops, "flops_error": flops_error,
+    }
+    if cuda:
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
+        peak, row = peak_tflops(out["device"], dtype)
+        out.update(dtype=dtype, peak_tflops=peak, peak_source=row and f"NVIDIA datasheet, {row} dense {dtype}")
+        if peak and flops:
+            out["achieved_tflops"] = flops * steps / seconds / 1e12
+            out["mfu"] = out["achieved_tflops"] / peak
+    else:
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if flops:
+            out["achieved_tflops"] = flops * steps / seconds / 1e12
+    return out
+
+
+def format_report(r: dict) -> str:
+    lines = [f"declip bench distill: variant {r['variant']} on {r['device']} ({r['threads']} threads), "
+             f"batch {r['batch_size']} (micro {r['micro_batch']}), {r['image_size']} px, {r['steps']} steps",
+             f"  {r['images_per_s']:.1f} images/s, {r['step_ms']:.1f} ms/step"]
+    total = sum(r["split_s_per_step"].values()) or 1.0
+    for k, v in r["split_s_per_step"].items():
+        lines.append(f"  {k:<14} {1000 * v:9.1f} ms/step  {100 * v / total:5.1f} %")
+    if r.get("flops_per_step"):
+        lines.append(f"  {r['flops_per_step'] / 1e9:.2f} GFLOP/step, {r['achieved_tflops']:.3f} TFLOP/s achieved")
+    elif r.get("flops_error"):
+        lines.append(f"  FLOPs not counted: {r['flops_error']}")
+    if "peak_memory_gib" in r:
+        lines.append(f"  peak CUDA memory {r['peak_memory_gib']:.2f} GiB")
+        if r.get("mfu") is not None:
+            lines.append(f"  MFU {100 * r['mfu']:.1f} % of {r['peak_tflops']} TFLOP/s ({r['peak_source']})")
+        else:
+            lines.append(f"  MFU: no peak figure for {r['device']} {r['dtype']} in declip.distill.bench.PEAK_TFLOPS")
+    else:
+        lines.append(f"  peak RSS {r['peak_rss_gib']:.2f} GiB (MFU is reported on CUDA only)")
+    return "\n".join(lines)

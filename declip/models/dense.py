@@ -1,0 +1,376 @@
+"""Dense features of a CLIP image tower: the normal forward and DeCLIP's decoupled last block.
+
+Method: shared/docs/method.md sections 1-2 (paper arXiv 2505.04410 section 3; CLIPSelf for `value`;
+SCLIP for `csa`). Two tower layouts are supported, both from upstream open_clip 3.x:
+- open_clip's plain `VisionTransformer` (OpenAI ViT-B/16, ViT-L/14, the mini preset's tiny CLIP);
+- `TimmModel` with a timm `Eva` trunk (EVA02-B-16, EVA02-L-14-336: RoPE, inner attention norm, SwiGLU).
+Everything is batched over images, heads and tokens; the only Python loop runs over blocks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from declip.errors import UserFacingError
+
+MODES = ("vanilla", "value", "qq", "kk", "csa")
+ATTN_SCALES = ("none", "sqrt_d")
+CONTEXT_PROJS = ("q", "k", "qk")
+DECOUPLED_MODES = ("qq", "kk", "csa")
+
+
+@dataclass
+class DenseOutput:
+    content: torch.Tensor  # (B, C, h, w) language-aligned dense map, not normalised
+    context: torch.Tensor | None  # (B, h*w, D') context tokens; None for vanilla / value
+
+
+def _check_choice(value: str, allowed: tuple, key: str) -> None:
+    if value not in allowed:
+        raise UserFacingError(f"{key} = {value!r} is not allowed; use one of {', '.join(allowed)}")
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H*d) -> (B, H, N, d)."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, num_heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, d) -> (B, N, H*d), heads concatenated (method.md section 2)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], old_grid: tuple[int, int], num_prefix: int):
+    """Bicubic resize of a (1, prefix + gh*gw, D) table to `grid` (method.md section 2; CLIPSelf/DeCLIP
+    `rescale_positional_embedding`: bicubic, align_corners=False, no antialias)."""
+    if tuple(grid) == tuple(old_grid):
+        return pos
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(old_grid),
+                                  num_prefix_tokens=num_prefix, interpolation="bicubic", antialias=False)
+
+
+def rope_embed(rope, grid: tuple[int, int], use_cache: bool = True) -> torch.Tensor:
+    """timm's concatenated sin/cos RoPE table for any token grid.
+
+    timm builds EVA02 towers with a fixed grid and caches that table; for other grids the coordinates are
+    rescaled onto `rope.ref_feat_shape` exactly as EVA-CLIP's `VisionRotaryEmbeddingFast(ft_seq_len=...)`
+    interpolates them (EVA-CLIP code; the CLIPSelf/DeCLIP towers are built at their training size).
+    """
+    from timm.layers import RotaryEmbeddingCat, build_rotary_pos_embed
+
+    if not isinstance(rope, RotaryEmbeddingCat):
+        raise NotImplementedError(f"RoPE module {type(rope).__name__} is not supported (EVA02 uses RotaryEmbeddingCat)")
+    if use_cache and rope.feat_shape is not None and tuple(rope.feat_shape) == tuple(grid):
+        return rope.get_embed()
+    wanted = dict(in_pixels=rope.in_pixels, ref_feat_shape=rope.ref_feat_shape, grid_offset=rope.grid_offset,
+                  grid_indexing=rope.grid_indexing, rotate_half=getattr(rope, "rotate_half", False),
+                  grid_type=getattr(rope, "grid_type", None), normalize_coords=getattr(rope, "normalize_coords", None))
+    accepted = inspect.signature(build_rotary_pos_embed).parameters
+    kwargs = {k: v for k, v in wanted.items() if k in accepted and v is not None}
+    sin, cos = build_rotary_pos_embed(list(grid), bands=rope.bands, device=rope.bands.device, **kwargs)
+    return torch.cat([sin, cos], dim=-1)
+
+
+class _PlainTower:
+    """open_clip `VisionTransformer` (OpenAI layout: fused in_proj, ln_pre, ln_post, proj matrix)."""
+
+    kind = "plain"
+
+    def __init__(self, visual):
+        from open_clip.transformer import ResidualAttentionBlock
+
+        if visual.attn_pool is not None or visual.pool_type != "tok":
+            raise UserFacingError("dense features need a CLS-token CLIP tower (no attentional / average pooling)")
+        for blk in visual.transformer.resblocks:
+            if not isinstance(blk, ResidualAttentionBlock) or not blk.attn._qkv_same_embed_dim:
+                raise UserFacingError(f"vision block type {type(blk).__name__} is not supported by declip.models.dense")
+        self.visual = visual
+        self.patch_size = visual.patch_size[0]
+        self.width = visual.conv1.out_channels
+        self.num_heads = visual.transformer.resblocks[0].attn.num_heads
+        self.num_prefix = 1
+        self.embed_dim = visual.output_dim
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+
+    @property
+    def blocks(self):
+        return self.visual.transformer.resblocks
+
+    def embed(self, images):
+        v = self.visual
+        x = v.conv1(images)  # (B, D, h, w)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = _resize_pos_embed(v.positional_embedding[None], grid, v.grid_size, num_prefix=1)[0]
+        # Patch dropout is skipped on purpose: a dense map needs every token.
+        x = v.ln_pre(x + pos.to(x.dtype))
+        return x, grid, None
+
+    def run_block(self, blk, x, rope):
+        if not self.batch_first:
+            return blk(x.transpose(0, 1)).transpose(0, 1)
+        return blk(x)
+
+    def norm1(self, blk, x):
+        return blk.ln_1(x)
+
+    def qkv(self, blk, xn):
+        q, k, v = F.linear(xn, blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, dim=-1)
+        return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
+
+    def attn_out(self, blk, o):
+        return blk.attn.out_proj(o)
+
+    def residual_attn(self, blk, y):
+        return blk.ls_1(y)
+
+    def ffn(self, blk, x):
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+    def head(self, tokens):
+        t = self.visual.ln_post(tokens)
+        return t @ self.visual.proj if self.visual.proj is not None else t
+
+    # Parameter-name prefixes inside a block, for the freezing scheme (method.md section 1).
+    ffn_names = ("mlp.",)
+    norm2_names = ("ln_2.",)
+    q_names = ()  # fused in_proj_weight: Q/K rows cannot be frozen separately (see set_trainable)
+    k_names = ()
+    fused_qk = True
+
+
+class _EvaTower:
+    """open_clip `TimmModel` whose trunk is a timm `Eva` (EVA02-CLIP)."""
+
+    kind = "eva"
+
+    def __init__(self, visual):
+        from timm.models.eva import Eva, EvaAttention, EvaBlock
+
+        trunk = visual.trunk
+        if not isinstance(trunk, Eva):
+            raise UserFacingError(f"timm trunk {type(trunk).__name__} is not supported; declip.models.dense handles Eva")
+        if trunk.global_pool != "token" or trunk.attn_pool is not None or trunk.cls_token is None:
+            raise UserFacingError("dense features need a CLS-token Eva tower (timm global_pool='token')")
+        if getattr(trunk, "rope_mixed", False):
+            raise UserFacingError("mixed-mode RoPE Eva towers are not supported by declip.models.dense")
+        for blk in trunk.blocks:
+            if type(blk) is not EvaBlock or type(blk.attn) is not EvaAttention or blk.attn.gate is not None:
+                raise UserFacingError(f"Eva block type {type(blk).__name__} is not supported by declip.models.dense")
+        self.visual = visual
+        self.trunk = trunk
+        self.patch_size = trunk.patch_embed.patch_size[0]
+        self.width = trunk.embed_dim
+        self.num_heads = trunk.blocks[0].attn.num_heads
+        self.num_prefix = trunk.num_prefix_tokens
+        with torch.no_grad():
+            probe = torch.zeros(1, self.width, device=trunk.cls_token.device, dtype=trunk.cls_token.dtype)
+            self.embed_dim = self.head(probe).shape[-1]
+        first = trunk.blocks[0].attn
+        self.fused_qk = first.qkv is not None
+        self.q_names = () if self.fused_qk else ("attn.q_proj.",)
+        self.k_names = () if self.fused_qk else ("attn.k_proj.",)
+
+    @property
+    def blocks(self):
+        return self.trunk.blocks
+
+    def embed(self, images):
+        t = self.trunk
+        x = t.patch_embed.proj(images)  # (B, D, h, w); timm's own forward insists on the build size
+        grid = tuple(x.shape[-2:])
+        x = t.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        prefix = [t.cls_token.expand(x.shape[0], -1, -1)]
+        if t.reg_token is not None:
+            prefix.append(t.reg_token.expand(x.shape[0], -1, -1))
+        prefix = [p.to(x.dtype) for p in prefix]
+        pos = None
+        if t.pos_embed is not None:
+            n_pos_prefix = 0 if t.no_embed_class else self.num_prefix
+            pos = _resize_pos_embed(t.pos_embed, grid, t.patch_embed.grid_size, n_pos_prefix).to(x.dtype)
+        if t.no_embed_class:
+            x = torch.cat(prefix + [x + pos if pos is not None else x], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1)
+            x = x + pos if pos is not None else x
+        x = t.norm_pre(t.pos_drop(x))
+        rope = rope_embed(t.rope, grid) if t.rope is not None else None
+        return x, grid, rope
+
+    def run_block(self, blk, x, rope):
+        return blk(x, rope=rope)
+
+    def norm1(self, blk, x):
+        return blk.norm1(x)
+
+    def qkv(self, blk, xn):
+        a = blk.attn
+        if a.qkv is not None:
+            bias = torch.cat([a.q_bias, a.k_bias, a.v_bias]) if a.q_bias is not None else None
+            q, k, v = F.linear(xn, a.qkv.weight, bias).chunk(3, dim=-1)
+        else:
+            q, k, v = a.q_proj(xn), a.k_proj(xn), a.v_proj(xn)
+        q, k, v = (_heads(z, a.num_heads) for z in (q, k, v))
+        return a.q_norm(q), a.k_norm(k), v
+
+    def attn_out(self, blk, o):
+        return blk.attn.proj(blk.attn.norm(o))
+
+    def residual_attn(self, blk, y):
+        return blk.gamma_1 * y if blk.gamma_1 is not None else y
+
+    def ffn(self, blk, x):
+        y = blk.mlp(blk.norm2(x))
+        return x + (blk.gamma_2 * y if blk.gamma_2 is not None else y)
+
+    def head(self, tokens):
+        t = self.trunk
+        return self.visual.head(t.head(t.head_drop(t.fc_norm(t.norm(tokens)))))
+
+    ffn_names = ("mlp.",)
+    norm2_names = ("norm2.",)
+
+
+def tower(visual):
+    """The adapter for an open_clip image tower (plain ViT or timm Eva)."""
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, VisionTransformer):
+        return _PlainTower(visual)
+    if isinstance(visual, TimmModel) or hasattr(visual, "trunk"):
+        return _EvaTower(visual)
+    raise UserFacingError(f"image tower {type(visual).__name__} is not supported (plain ViT or timm Eva only)")
+
+
+class DenseCLIP(torch.nn.Module):
+    """An open_clip CLIP with a dense forward: content map and context tokens (method.md section 2).
+
+    dense_mode: `vanilla` (unmodified last block; CLIP baseline), `value` (CLIPSelf/MaskCLIP: x + proj(V),
+    then x + FFN(norm2(x))), `qq` (DeCLIP), `kk`, `csa` (SCLIP). In the decoupled modes the last block is
+    O = proj(inner_norm(A V)) with no residual and no FFN, A = softmax(QQ^T) / softmax(KK^T) / their sum.
+    context_proj: q | k | qk. OUR CHOICE for `qk` and for `csa`: each token's Q and K (heads concatenated,
+    before RoPE) are L2-normalised and concatenated, divided by sqrt(2), so the cosine similarity of two
+    context tokens is exactly the mean of their Q-Q and K-K cosine similarities; `csa` always uses this
+    (method.md: "context = mean of the QQ and KK similarity matrices"), whatever context_proj says.
+    """
+
+    def __init__(self, clip, dense_mode: str = "qq", attn_scale: str = "none", context_proj: str = "q"):
+        super().__init__()
+        _check_choice(dense_mode, MODES, "method.dense_mode")
+        _check_choice(attn_scale, ATTN_SCALES, "method.attn_scale")
+        _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
+        self.clip = clip
+        self.dense_mode, self.attn_scale, self.context_proj = dense_mode, attn_scale, context_proj
+        self._tower = tower(clip.visual)
+        self.patch_size = self._tower.patch_size
+        self.width = self._tower.width
+        self.embed_dim = self._tower.embed_dim
+        self.num_heads = self._tower.num_heads
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.patch_size, width // self.patch_size
+
+    def _trunk(self, images):
+        """Tokens entering the last block, the token grid and the RoPE table."""
+        p = self.patch_size
+        if images.shape[-1] % p or images.shape[-2] % p:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {p}")
+        tw = self._tower
+        x, grid, rope = tw.embed(images)
+        for blk in tw.blocks[:-1]:
+            x = tw.run_block(blk, x, rope)
+        return x, grid, rope
+
+    def encode_image(self, images) -> torch.Tensor:
+        """(B, C) L2-normalised CLS embedding of the normal forward: the content teacher (method.md section 1)."""
+        tw = self._tower
+        x, _, rope = self._trunk(images)
+        x = tw.run_block(tw.blocks[-1], x, rope)
+        return F.normalize(tw.head(x[:, 0]), dim=-1)
+
+    def forward(self, images) -> DenseOutput:
+        tw = self._tower
+        x, (h, w), rope = self._trunk(images)
+        last = tw.blocks[-1]
+        context = None
+        if self.dense_mode == "vanilla":
+            x = tw.run_block(last, x, rope)
+        elif self.dense_mode == "value":
+            # CLIPSelf `forward_without_attn`: attention replaced by the value path, residual and FFN kept.
+            _, _, v = tw.qkv(last, tw.norm1(last, x))
+            x = x + tw.residual_attn(last, tw.attn_out(last, _merge_heads(v)))
+            x = tw.ffn(last, x)
+        else:
+            x, context = self._decoupled(last, x)
+        content = tw.head(x[:, tw.num_prefix:])
+        content = content.reshape(content.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        return DenseOutput(content=content, context=context)
+
+    def _decoupled(self, blk, x):
+        """Paper section 3 / method.md section 2: O = proj(inner_norm(A V)), no residual, no FFN, no RoPE."""
+        tw = self._tower
+        q, k, v = tw.qkv(blk, tw.norm1(blk, x))
+        # The paper writes 1/sqrt(d); the released training code omits it (config method.attn_scale).
+        scale = 1.0 if self.attn_scale == "none" else 1.0 / math.sqrt(q.shape[-1])
+        if self.dense_mode == "qq":
+            o = F.scaled_dot_product_attention(q, q, v, scale=scale)
+        elif self.dense_mode == "kk":
+            o = F.scaled_dot_product_attention(k, k, v, scale=scale)
+        else:  # csa (SCLIP): (softmax(QQ^T) + softmax(KK^T)) V
+            o = F.scaled_dot_product_attention(q, q, v, scale=scale) + F.scaled_dot_product_attention(k, k, v, scale=scale)
+        out = tw.attn_out(blk, _merge_heads(o))
+        n = tw.num_prefix
+        qc, kc = _merge_heads(q)[:, n:], _merge_heads(k)[:, n:]
+        if self.dense_mode == "csa" or self.context_proj == "qk":
+            context = torch.cat([F.normalize(qc, dim=-1), F.normalize(kc, dim=-1)], dim=-1) / math.sqrt(2.0)
+        else:
+            context = qc if self.context_proj == "q" else kc
+        return out, context
+
+
+def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_proj: str = "q") -> list[str]:
+    """Freezing scheme of method.md section 1; returns the names of the trainable parameters.
+
+    Trainable: the last `trainable_blocks` image blocks (None = all). Frozen: patch embedding, positional
+    embedding, CLS token, pre/final norms, projection head, the whole text tower, logit scale, and, in the
+    decoupled modes, the last-block weights the decoupled block no longer uses: FFN, norm2, and the
+    projection neither the attention nor the context uses (K in q-q mode with Q context; Q in k-k mode
+    with K context). Fused in_proj / qkv layouts (OpenAI ViTs, fused timm Eva) keep Q and K in one tensor,
+    which stays trainable: the unused rows then get exactly zero gradient.
+    """
+    _check_choice(dense_mode, MODES, "method.dense_mode")
+    _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
+    tw = tower(clip.visual)
+    blocks = tw.blocks
+    n = len(blocks) if trainable_blocks is None else int(trainable_blocks)
+    if not 1 <= n <= len(blocks):
+        raise UserFacingError(
+            f"method.trainable_blocks = {trainable_blocks} but the image tower has {len(blocks)} blocks; "
+            f"use a number in 1..{len(blocks)} or null (all)")
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    for blk in blocks[len(blocks) - n:]:
+        for p in blk.parameters():
+            p.requires_grad_(True)
+    if dense_mode in DECOUPLED_MODES:
+        frozen = list(tw.ffn_names) + list(tw.norm2_names)
+        if dense_mode == "qq" and context_proj == "q":
+            frozen += list(tw.k_names)
+        if dense_mode == "kk" and context_proj == "k":
+            frozen += list(tw.q_names)
+        for name, p in blocks[-1].named_parameters():
+            if name.startswith(tuple(frozen)):
+                p.requires_grad_(False)
+    return sorted(name for name, p in clip.named_parameters() if p.requires_grad)

@@ -1,0 +1,257 @@
+"""The distillation trainer on a tiny CLIP and a handful of synthetic images (CPU, deterministic)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from declip.config import load, variant_method
+from declip.distill import data as D
+from declip.distill import trainer as T
+from declip.errors import UserFacingError
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1, "mlp_ratio": 2.0},
+}
+TINY_VFM = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+            "num_register_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """8 synthetic images (two aspect ratios), a saved tiny CLIP and a config that trains 6 steps."""
+    from declip.models.clip import create_clip, save_clip
+
+    root = tmp_path_factory.mktemp("distill")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(8):
+        h, w = (40, 32) if i % 2 else (32, 40)
+        img = np.zeros((h, w, 3), np.uint8)
+        for _ in range(3):  # a few coloured rectangles: structure for the teachers to agree on
+            y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            img[y:y + rng.integers(6, 16), x:x + rng.integers(6, 16)] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(root / "images" / f"{i:06d}.png")
+    cfg = load(overrides={
+        "student": {"model": "declip-test-vit", "custom_config": TINY_CLIP, "checkpoint": str(root / "clip.pt"),
+                    "checkpoint_format": "open_clip", "image_size": 32, "crop_size": 16},
+        "teachers": {"cache_mode": "online",
+                     "vfms": {"dinov2_b": {"type": "dinov2_reg", "patch_size": 8, "tiny": TINY_VFM}}},
+        "datasets": {"testset": {"kind": "mini2d", "root": str(root / "images")}},
+        "distill": {"dataset": "testset", "batch_size": 4, "per_device_batch": 2, "max_steps": 6, "warmup_steps": 2,
+                    "lr": 1e-3, "checkpoint_every": 2, "log_every": 1, "num_workers": 0},
+    })
+    torch.manual_seed(0)
+    save_clip(create_clip(cfg["student"]), root / "clip.pt")
+    from declip.data.images import list_images
+
+    return {"root": root, "cfg": cfg, "items": list_images(cfg["datasets"]["testset"])}
+
+
+def _run(world, out, variant="no_sdgsc", **kw):
+    cfg = world["cfg"]
+    return T.distill(cfg, variant_method(cfg, variant), variant, world["items"], out / "model.pt", **kw)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------- helpers
+def test_param_groups_decay_only_matrices(world):
+    from declip.models.clip import create_clip
+    from declip.models.dense import set_trainable
+
+    clip = create_clip(world["cfg"]["student"])
+    set_trainable(clip, None, "qq", "q")
+    decay, no_decay = T.param_groups(clip, 0.1)
+    names = {id(p): n for n, p in clip.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay_names = {names[id(p)] for p in decay["params"]}
+    flat_names = {names[id(p)] for p in no_decay["params"]}
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in decay_names
+    assert "visual.transformer.resblocks.0.mlp.c_fc.weight" in decay_names
+    assert "visual.transformer.resblocks.0.ln_1.weight" in flat_names
+    assert "visual.transformer.resblocks.0.attn.in_proj_bias" in flat_names
+    assert all(p.ndim >= 2 for p in decay["params"])
+    # Frozen parameters (text tower, projection, last-block FFN in q-q mode) are in no group.
+    grouped = decay_names | flat_names
+    assert grouped == {n for n, p in clip.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("transformer.") or n == "visual.proj" for n in grouped)
+    assert "visual.transformer.resblocks.1.mlp.c_fc.weight" not in grouped  # last block's FFN is unused in q-q
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    f = [T.lr_factor(s, total=10, warmup=2) for s in range(10)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)
+    # Cosine over the 8 post-warm-up iterations: 0.5 * (1 + cos(pi * k / 8)).
+    for k in range(8):
+        assert f[2 + k] == pytest.approx(0.5 * (1 + math.cos(math.pi * k / 8)))
+    assert T.lr_factor(10, total=10, warmup=2) == pytest.approx(0.0, abs=1e-12)
+    assert T.lr_factor(7, total=10, warmup=2, schedule="constant") == 1.0
+
+
+def test_weight_ensemble_formula():
+    s = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor([7])}
+    o = {"w": torch.tensor([5.0, -1.0]), "n": torch.tensor([9])}
+    e = T.weight_ensemble(s, o, 0.7)
+    torch.testing.assert_close(e["w"], torch.tensor([0.7 * 1 + 0.3 * 5, 0.7 * 3 + 0.3 * -1]))
+    assert e["n"].tolist() == [7]  # integer buffers are not averaged
+
+
+def test_data_order_is_epoch_permutations_split_across_ranks():
+    steps = [D.step_indices(10, 4, seed=0, step=s) for s in range(5)]  # 20 images = 2 epochs of 10
+    flat = sum(steps, [])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # a new permutation per epoch
+    assert steps == [D.step_indices(10, 4, seed=0, step=s) for s in range(5)]
+    assert D.step_indices(10, 4, seed=1, step=0) != steps[0]
+    # Two ranks x micro-batch 1 x accumulation 2 together see exactly the single-process batch.
+    one = list(D.StepBatchSampler(10, 4, 4, 0, 2, 3))
+    r0 = list(D.StepBatchSampler(10, 4, 1, 0, 2, 3, rank=0, world_size=2))
+    r1 = list(D.StepBatchSampler(10, 4, 1, 0, 2, 3, rank=1, world_size=2))
+    assert sorted(sum(r0 + r1, [])) == sorted(one[0])
+    assert D.total_steps(6, 118_287, 16, None) == math.ceil(6 * 118_287 / 16)
+    assert D.total_steps(6, 512, 16, 40) == 40
+
+
+# ------------------------------------------------------------------------------------- training
+def test_short_distillation_loss_falls(world, tmp_path):
+    cfg = dict(world["cfg"], distill=dict(world["cfg"]["distill"], max_steps=12))
+    out = tmp_path / "run"
+    result = T.distill(cfg, variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], out / "model.pt")
+    recs = _records(out / "losses.jsonl")
+    assert [r["step"] for r in recs] == list(range(1, 13))
+    assert set(recs[0]) >= {"step", "lr", "loss", "loss_self", "loss_rcc", "loss_context", "images_per_s"}
+    first, last = np.mean([r["loss"] for r in recs[:2]]), np.mean([r["loss"] for r in recs[-2:]])
+    assert last < 0.8 * first
+    for r in recs:
+        assert r["loss"] == pytest.approx(r["loss_self"] + r["loss_rcc"] + 0.25 * r["loss_context"], rel=1e-5)
+    assert result["metrics"]["loss"] == recs[-1]["loss"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["variant"] == "no_sdgsc" and prov["steps"] == 12 and prov["config_hash"]
+    assert not list((out / "state").glob("*.pt"))  # finished runs leave no resumable state
+
+
+def test_saved_model_is_the_weight_space_ensemble(world, tmp_path):
+    from declip.models.clip import load_clip, load_state_dict
+
+    captured = {}
+
+    def grab(step, terms):
+        if step == 6:  # the student after its last step, before the ensemble
+            captured.update({k: v.clone() for k, v in grab.clip.state_dict().items()})
+
+    orig_build = T.build_models
+
+    def spy(*a, **k):
+        out = orig_build(*a, **k)
+        grab.clip = out[0]
+        return out
+
+    T.build_models = spy
+    try:
+        _run(world, tmp_path, on_step_end=grab)
+    finally:
+        T.build_models = orig_build
+    saved = load_state_dict(tmp_path / "model.pt")
+    original = load_clip(world["cfg"]["student"]).state_dict()
+    a = 0.7
+    key = "visual.transformer.resblocks.0.attn.in_proj_weight"
+    torch.testing.assert_close(saved[key], a * captured[key] + (1 - a) * original[key])
+    assert not torch.equal(saved[key], original[key])
+    assert torch.equal(saved["visual.proj"], original["visual.proj"])  # frozen weights are unchanged
+
+
+def test_kill_and_resume_is_bit_identical(world, tmp_path):
+    _run(world, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, terms):
+        if step == 3:  # after the step-2 checkpoint, before the step-4 one
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(world, tmp_path / "resumed", on_step_end=kill)
+    assert [p.name for p in (tmp_path / "resumed" / "state").glob("*.pt")] == ["step-000000002.pt"]
+    result = _run(world, tmp_path / "resumed")
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "images_per_s"} for r in recs]  # noqa: E731
+    assert strip(_records(tmp_path / "full" / "losses.jsonl")) == strip(_records(tmp_path / "resumed" / "losses.jsonl"))
+    assert json.loads((tmp_path / "resumed" / "provenance.json").read_text())["resumed_from_step"] == 2
+    assert result["steps"] == 6
+
+
+def test_non_finite_loss_is_a_clear_error(world, tmp_path, monkeypatch):
+    import declip.distill.losses as L
+
+    real = L.crop_targets
+    monkeypatch.setattr(L, "crop_targets", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(UserFacingError, match=r"non-finite loss at step 1: loss=nan, loss_self=nan, loss_rcc=.*loss_context="):
+        _run(world, tmp_path)
+
+
+def test_untrainable_and_inconsistent_variants_are_refused(world, tmp_path):
+    with pytest.raises(UserFacingError, match="train: false"):
+        _run(world, tmp_path, variant="clip")
+    cfg = world["cfg"]
+    bad = dict(variant_method(cfg, "clipself"), context_loss="kl")
+    with pytest.raises(UserFacingError, match="no X_context"):
+        T.distill(cfg, bad, "bad", world["items"], tmp_path / "model.pt")
+
+
+def test_clipself_trains_with_the_value_path_and_no_teacher(world, tmp_path):
+    _run(world, tmp_path, variant="clipself")
+    recs = _records(tmp_path / "losses.jsonl")
+    assert all(r["loss_context"] == 0 and r["loss_rcc"] == 0 and r["loss"] == r["loss_self"] for r in recs)
+
+
+def test_cached_teachers_match_online(world, tmp_path):
+    """Integration with the real teacher cache: a cached run equals the online run up to fp16 storage."""
+    from declip.distill.cache import extract
+
+    cfg = world["cfg"]
+    index = tmp_path / "cache" / "index.json"
+    extract(cfg, "testset", "vfm:dinov2_b", index, device="cpu", progress=False)
+    cached = dict(cfg, teachers=dict(cfg["teachers"], cache_mode="cached"))
+    short = dict(cfg["distill"], max_steps=2)
+    m = variant_method(cfg, "no_sdgsc")
+    T.distill(dict(cached, distill=short), m, "no_sdgsc", world["items"], tmp_path / "c" / "model.pt",
+              teacher_indexes=[index])
+    T.distill(dict(cfg, distill=short), m, "no_sdgsc", world["items"], tmp_path / "o" / "model.pt")
+    rc, ro = _records(tmp_path / "c" / "losses.jsonl"), _records(tmp_path / "o" / "losses.jsonl")
+    for a, b in zip(rc, ro):
+        assert a["loss_self"] == pytest.approx(b["loss_self"], rel=1e-6)  # crops do not depend on the cache
+        assert a["loss_context"] == pytest.approx(b["loss_context"], rel=2e-2)
+    with pytest.raises(UserFacingError, match="needs VFM 'dinov2_b' tokens"):
+        T.distill(dict(cached, distill=short), m, "no_sdgsc", world["items"], tmp_path / "x" / "model.pt")
+
+
+def test_cli_distill_end_to_end(world, tmp_path):
+    import yaml
+
+    from declip.cli import main
+
+    cfgfile = tmp_path / "test.yaml"
+    over = {k: world["cfg"][k] for k in ("student", "teachers", "datasets")}
+    over["distill"] = dict(world["cfg"]["distill"], max_steps=2)
+    cfgfile.write_text(yaml.safe_dump(over))
+    out = tmp_path / "results" / "distill" / "declip_cvpr" / "model.pt"
+    rc = main(["distill", "--configfile", str(cfgfile), "--variant", "declip_cvpr", "--data", str(world["root"] / "images"),
+               "--out", str(out), "--threads", "1", "--device", "cpu"])
+    assert rc == 0
+    from declip.models.clip import load_clip
+
+    load_clip(world["cfg"]["student"], checkpoint=out)  # loadable in open_clip layout
+    prov = json.loads((out.parent / "provenance.json").read_text())
+    assert prov["variant"] == "declip_cvpr" and prov["dataset"]["images"] == 8
+    assert len(_records(out.parent / "losses.jsonl")) == 2
