@@ -179,6 +179,7 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
     sections = RULE_SECTIONS.get(rule, list(config))
     cfg = {k: copy.deepcopy(config[k]) for k in sections if k in config}
     cfg["preset"] = config["preset"]
+    cfg["paths"] = copy.deepcopy(config["paths"])
     variant = wildcards.get("variant", "")
     if variant and "method" in cfg:
         cfg["method"] = variant_method(config, variant)

@@ -44,7 +44,7 @@ def test_eva_clip_key_names(eva02):
 
 
 def test_round_trip_tensors_and_outputs(eva02):
-    sd = eva02.state_dict()
+    sd = {k: v.clone() for k, v in eva02.state_dict().items()}
     eva = open_clip_to_eva_clip(sd)
     # What a real EVA-CLIP file also holds: persistent RoPE tables, shared by every block's attention.
     eva["visual.rope.freqs_cos"] = torch.randn(196, 64)

@@ -49,8 +49,11 @@ class ColourDense(torch.nn.Module):
 
 
 def fake_model(*_args, **_kwargs):
-    return SimpleNamespace(clip=SimpleNamespace(encode_text=lambda t: torch.nn.functional.one_hot(t, 200).float()),
-                           dense=ColourDense(), tokenize=lambda texts: torch.arange(len(texts)), device=torch.device("cpu"))
+    # Text side: class i embeds to the i-th basis vector, so a colour vote for class i matches its text.
+    def text(names, templates):
+        return torch.eye(200)[: len(names)], list(range(len(names)))
+
+    return SimpleNamespace(dense=ColourDense(), text=text, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,17 @@ TINY_VFM = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_register_tokens": 2}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: more threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(one_thread, tmp_path_factory):
     """8 synthetic images (two aspect ratios), a saved tiny CLIP and a config that trains 6 steps."""
     from declip.models.clip import create_clip, save_clip
 

@@ -24,6 +24,51 @@ PEAK_TFLOPS = {
 }
 
 
+# Architectures of the full-scale teachers, for timing with random weights when their checkpoints are
+# not downloaded (values of the public Hugging Face config.json files of each model).
+FULL_VFM_ARCH = {
+    ("dinov2_reg", "base"): {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
+                             "num_register_tokens": 4},
+    ("dinov2_reg", "large"): {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "mlp_ratio": 4,
+                              "num_register_tokens": 4},
+    ("dinov2", "base"): {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4},
+    ("dinov2", "large"): {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "mlp_ratio": 4},
+    ("dino", "base"): {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    ("sam", "base"): {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "output_channels": 256,
+                      "window_size": 14, "global_attn_indexes": [2, 5, 8, 11], "mlp_dim": 3072},
+    ("sam", "large"): {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "output_channels": 256,
+                       "window_size": 14, "global_attn_indexes": [5, 11, 17, 23], "mlp_dim": 4096},
+}
+SD21_BASE_ARCH = {  # stabilityai/stable-diffusion-2-1-base unet/ and vae/ config.json
+    "unet": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": [320, 640, 1280, 1280],
+             "layers_per_block": 2, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
+             "use_linear_projection": True,
+             "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]},
+    "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2, "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4},
+}
+
+
+def random_teacher_specs(cfg: dict) -> dict:
+    """A copy of cfg whose teachers without a local checkpoint are built, randomly initialised, at full size."""
+    import copy
+
+    from declip.config import resolve_path
+
+    cfg = copy.deepcopy(cfg)
+    for name, spec in cfg["teachers"]["vfms"].items():
+        if spec.get("tiny") or (spec.get("checkpoint") and resolve_path(spec["checkpoint"]).is_dir()):
+            continue
+        size = "large" if ("_l" in name or "large" in str(spec.get("checkpoint"))) else "base"
+        arch = FULL_VFM_ARCH.get((spec["type"], size)) or FULL_VFM_ARCH.get((spec["type"], "base"))
+        spec["tiny"] = dict(arch, **({"image_size": spec["input_size"]} if spec.get("input_size") else {}))
+    sd = cfg["teachers"]["sd"]
+    if not sd.get("tiny") and not (sd.get("checkpoint") and (resolve_path(sd["checkpoint"]) / "unet").is_dir()):
+        sd["tiny"] = copy.deepcopy(SD21_BASE_ARCH)
+    return cfg
+
+
 def peak_tflops(device_name: str, dtype: str) -> tuple[float | None, str | None]:
     """(peak TFLOP/s, table row) for a CUDA device name, or (None, None) when it is not in the table."""
     name = device_name.upper()

@@ -19,7 +19,6 @@ holds; a re-run skips shards whose fingerprint matches and recomputes the rest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -215,6 +214,8 @@ def extract(cfg: dict, dataset: str, teacher: str, out_index: str | Path, device
     n_shards = (len(ids) + shard_size - 1) // shard_size
     shards = [ids[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
     fingerprints = [_fingerprint(spec, s, storage) for s in shards]
+    for stale in folder.glob("shard-*.npz.tmp*"):  # left by a killed run; never read
+        stale.unlink(missing_ok=True)
     todo = [s for s in range(n_shards) if _shard_fingerprint(folder / SHARD_NAME.format(s)) != fingerprints[s]]
     log.info("teacher %s on %s: %d images, %d shards, %d to compute (grid %s, %s)",
              teacher, dataset, len(ids), n_shards, len(todo), grid, storage["format"])

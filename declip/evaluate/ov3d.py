@@ -44,14 +44,10 @@ ENCODE_BATCH = 64
 
 
 def class_text_features(model, prompt: str):
-    """(200, C) L2-normalised text embeddings of the single OpenMask3D prompt per ScanNet200 class.
-    (declip.evaluate.text only offers template ensembles; OpenMask3D encodes one prompt per class.)"""
-    import torch
-    import torch.nn.functional as F
-
-    tokens = model.tokenize([prompt.format(name) for name in CLASS_NAMES]).to(model.device)
-    with torch.no_grad():
-        return F.normalize(model.clip.encode_text(tokens).float(), dim=-1)
+    """(200, C) L2-normalised text embeddings of the single OpenMask3D prompt per ScanNet200 class
+    (a one-template ensemble is exactly the normalised prompt embedding), cached like every text set."""
+    emb, _ = model.text(list(CLASS_NAMES), (prompt,))
+    return emb.float()
 
 
 def scene_visibility(scene: scannet.ScanNetScene, frame_ids: list[int], tolerance: float):

@@ -74,12 +74,14 @@ class PretrainData:
             return text_id[text]
 
         self.caption_ids = torch.tensor([tid(caption_of[im["id"]]) for im in images])
-        self.crop_text_ids = {cid: torch.tensor([tid(prompt(t, n)) for t in TEMPLATES]) for cid, n in names.items()}
+        crop_text_ids = {cid: torch.tensor([tid(prompt(t, n)) for t in TEMPLATES]) for cid, n in names.items()}
         boxes = [(index[a["image_id"]], *a["bbox"], a["category_id"]) for a in inst["annotations"]
                  if min(a["bbox"][2], a["bbox"][3]) >= 4]
         self.obj = torch.tensor(boxes, dtype=torch.float32)  # (N, 6): image index, x, y, w, h, category
-        self.crop_table = torch.stack([self.crop_text_ids[int(c)] for c in sorted(names)])  # (classes, templates)
-        self.first_cat = min(names)
+        # (max category id + 1, templates): row = category id, so a crop's prompt ids are one gather.
+        self.crop_table = torch.zeros(max(names) + 1, len(TEMPLATES), dtype=torch.long)
+        for cid, ids in crop_text_ids.items():
+            self.crop_table[cid] = ids
         self.image_size = image_size
         self.mean = torch.tensor(student_cfg["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(student_cfg["std"]).view(1, 3, 1, 1)
@@ -114,7 +116,7 @@ class PretrainData:
         bias = (torch.rand(batch_size, 1, 1, 1, generator=gen) - 0.5) * 0.1
         x = ((x - 0.5) * gain + 0.5 + bias).clamp(0, 1)
         template = torch.randint(len(TEMPLATES), (n_crop,), generator=gen)
-        crop_ids = self.crop_table[pick[:, 5].long() - self.first_cat, template]
+        crop_ids = self.crop_table[pick[:, 5].long(), template]
         text_ids = torch.cat([self.caption_ids[idx_full], crop_ids])
         return (x - self.mean) / self.std, text_ids
 

@@ -147,7 +147,7 @@ class CaptureSelfAttnProcessor:
             key = attn.norm_k(key)
 
         out = torch.empty_like(query)
-        maps = []
+        maps = query.new_empty((batch, seq, seq), dtype=torch.float32)
         # One image at a time bounds memory (heads x 4096 x 4096 at SD's 64x64 maps).
         for i in range(batch):
             with torch.autocast(query.device.type, enabled=False):
@@ -156,12 +156,12 @@ class CaptureSelfAttnProcessor:
                     logits = logits + attention_mask[i].float()
                 probs = logits.softmax(-1)  # (heads, N, N)
             out[i] = (probs.to(value.dtype) @ value[i]).to(out.dtype)
-            maps.append(probs.mean(0))  # heads averaged immediately (method.md section 4)
+            torch.mean(probs, 0, out=maps[i])  # heads averaged immediately (method.md section 4)
             del logits, probs
         side = math.isqrt(seq)
         if side * side != seq:
             raise ValueError(f"self-attention over {seq} tokens is not a square map; SD input must be square")
-        self.recorder.add(torch.stack(maps), side)
+        self.recorder.add(maps, side)
 
         hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
