@@ -373,3 +373,17 @@ def test_frozen_weights_are_unused_and_trainable_ones_learn(clip):
         after = dense(images)
     torch.testing.assert_close(after.content, before.content)
     torch.testing.assert_close(after.context, before.context)
+
+
+def test_grad_checkpointing_gives_the_same_gradients(clip):
+    images = torch.randn(1, 3, 32, 32)
+    grads = []
+    for enable in (False, True):
+        model = copy.deepcopy(clip)
+        set_trainable(model, None, "qq")
+        dense = DenseCLIP(model, dense_mode="qq").train()
+        dense.set_grad_checkpointing(enable)
+        dense(images).content.sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)

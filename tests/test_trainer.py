@@ -245,6 +245,27 @@ def test_cached_teachers_match_online(world, tmp_path):
         T.distill(dict(cached, distill=short), m, "no_sdgsc", world["items"], tmp_path / "x" / "model.pt")
 
 
+def test_declip_variant_reads_vfm_and_sd_caches(world, tmp_path):
+    """The full journal recipe (RCC + KL context on the SD-GSC similarity) from real cache files."""
+    from declip.distill.cache import extract
+
+    cfg = world["cfg"]
+    cfg = dict(cfg, teachers=dict(cfg["teachers"], cache_mode="cached"), distill=dict(cfg["distill"], max_steps=2))
+    vfm, sd = tmp_path / "vfm" / "index.json", tmp_path / "sd" / "index.json"
+    extract(cfg, "testset", "vfm:dinov2_b", vfm, device="cpu", progress=False)
+    extract(cfg, "testset", "sd", sd, device="cpu", progress=False)
+    T.distill(cfg, variant_method(cfg, "declip"), "declip", world["items"], tmp_path / "a" / "model.pt",
+              teacher_indexes=[vfm, sd])
+    T.distill(cfg, variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], tmp_path / "b" / "model.pt",
+              teacher_indexes=[vfm])
+    with_sd, without = _records(tmp_path / "a" / "losses.jsonl"), _records(tmp_path / "b" / "losses.jsonl")
+    assert with_sd[0]["loss_self"] == without[0]["loss_self"] and with_sd[0]["loss_rcc"] == without[0]["loss_rcc"]
+    assert with_sd[0]["loss_context"] != pytest.approx(without[0]["loss_context"], rel=1e-3)
+    with pytest.raises(UserFacingError, match="needs SD affinities"):
+        T.distill(cfg, variant_method(cfg, "declip"), "declip", world["items"], tmp_path / "c" / "model.pt",
+                  teacher_indexes=[vfm])
+
+
 def test_cli_distill_end_to_end(world, tmp_path):
     import yaml
 

@@ -87,7 +87,7 @@ def _batches(source: Path, image_size: int, batch_size: int, mean, std):
         if arr.ndim != 4 or arr.shape[1] != 3:
             raise UserFacingError(f"--input {source} has shape {arr.shape}; expected (N,3,H,W) normalised pixels")
         for i in range(0, arr.shape[0], batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(arr[i:i + batch_size], dtype=np.float32))
+            chunk = torch.from_numpy(np.array(arr[i:i + batch_size], dtype=np.float32))  # a writable copy
             yield [str(j) for j in range(i, i + chunk.shape[0])], chunk, [1.0] * chunk.shape[0]
         return
     if source.is_dir():
@@ -95,7 +95,8 @@ def _batches(source: Path, image_size: int, batch_size: int, mean, std):
     elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         items = [(source.stem, source)]
     else:
-        raise UserFacingError(f"--input {source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder of images or a .npy file")
+        raise UserFacingError(f"--input {source} is not an image ({', '.join(IMAGE_SUFFIXES)}), "
+                              "a folder of images or a .npy file")
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         boxed = [letterbox(load_image(path), image_size) for _, path in chunk]

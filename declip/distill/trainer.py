@@ -421,7 +421,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     model = student
     if dist_env.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            student, device_ids=[dist_env.local_rank] if dev.type == "cuda" else None, find_unused_parameters=True)
+            student, device_ids=[dist_env.local_rank] if dev.type == "cuda" else None)
 
     optimizer = torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"],
                                   betas=tuple(dcfg["betas"]), eps=dcfg["eps"])

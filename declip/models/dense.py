@@ -278,6 +278,11 @@ class DenseCLIP(torch.nn.Module):
         self.width = self._tower.width
         self.embed_dim = self._tower.embed_dim
         self.num_heads = self._tower.num_heads
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (560 px training of L/14 towers)."""
+        self.grad_checkpointing = enable
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size
@@ -290,7 +295,12 @@ class DenseCLIP(torch.nn.Module):
         tw = self._tower
         x, grid, rope = tw.embed(images)
         for blk in tw.blocks[:-1]:
-            x = tw.run_block(blk, x, rope)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(tw.run_block, blk, x, rope, use_reentrant=False)
+            else:
+                x = tw.run_block(blk, x, rope)
         return x, grid, rope
 
     def encode_image(self, images) -> torch.Tensor:

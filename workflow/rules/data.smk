@@ -57,7 +57,7 @@ rule download:
     conda:
         ENV
     shell:
-        "declip dataset --job {params.job:q} download --manifest {wildcards.manifest} --out {output} > {log} 2>&1"
+        "declip dataset --job {params.job:q} download --dataset {wildcards.manifest} --out {output} > {log} 2>&1"
 
 
 use rule download as download_weights with:
@@ -81,7 +81,7 @@ rule manual_dataset:
     conda:
         ENV
     shell:
-        "declip dataset --job {params.job:q} download --manifest {wildcards.manifest} --out {output} > {log} 2>&1"
+        "declip dataset --job {params.job:q} download --dataset {wildcards.manifest} --out {output} > {log} 2>&1"
 
 
 if MINI:
