@@ -200,6 +200,18 @@ def test_kill_and_resume_is_bit_identical(world, tmp_path):
     assert result["steps"] == 6
 
 
+def test_grad_checkpointing_gives_the_same_weights(world, tmp_path):
+    cfg = world["cfg"]
+    m = variant_method(cfg, "no_sdgsc")
+    for name, flag in (("plain", False), ("ckpt", True)):
+        c = dict(cfg, distill=dict(cfg["distill"], max_steps=2, grad_checkpointing=flag))
+        T.distill(c, m, "no_sdgsc", world["items"], tmp_path / name / "model.pt")
+    a = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def test_non_finite_loss_is_a_clear_error(world, tmp_path, monkeypatch):
     import declip.distill.losses as L
 
@@ -285,3 +297,19 @@ def test_cli_distill_end_to_end(world, tmp_path):
     prov = json.loads((out.parent / "provenance.json").read_text())
     assert prov["variant"] == "declip_cvpr" and prov["dataset"]["images"] == 8
     assert len(_records(out.parent / "losses.jsonl")) == 2
+
+
+# ------------------------------------------------------------------------------------------ bench
+def test_bench_distill_times_every_phase(world):
+    from declip.distill.bench import bench_distill, format_report, peak_tflops
+
+    r = bench_distill(world["cfg"], variant="no_sdgsc", steps=2, warmup=1, device="cpu")
+    assert set(r["split_s_per_step"]) == {"data", "teacher_crops", "vfm", "student", "optimizer"}
+    assert r["images_per_s"] == pytest.approx(2 * 4 / r["seconds"])
+    assert r["flops_per_step"] > 0
+    assert "images/s" in format_report(r)
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == (989.5, "H100 SXM")
+    assert peak_tflops("NVIDIA H100 PCIe", "bf16") == (756.5, "H100 PCIe")
+    assert peak_tflops("NVIDIA H200", "fp16") == (989.5, "H200 SXM")
+    assert peak_tflops("NVIDIA H200 NVL", "fp32") == (60.0, "H200 NVL")
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == (None, None)

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -59,6 +60,9 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        # Job logs are files: a progress line every 10 s, not one per step.
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     from declip import config as config_mod
 
     job = json.loads(args.job) if args.job else None

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 
-# Dense (no sparsity) tensor-core peaks in TFLOP/s, per autocast dtype.
-# Source: NVIDIA H100 Tensor Core GPU datasheet (SXM5 / PCIe columns) and NVIDIA H200 datasheet
-# (H200 SXM has the H100 SXM compute; NVL the H100 NVL-class clocks). Datasheets list sparse figures;
-# the dense figure is half of them. fp32 = TF32 tensor-core peak (what fp32 matmuls use with TF32 on).
+# Dense (no sparsity) peaks in TFLOP/s per compute dtype. Source: NVIDIA H100 Tensor Core GPU datasheet
+# (SXM / PCIe / NVL columns) and NVIDIA H200 Tensor Core GPU datasheet (SXM / NVL). The datasheets list
+# tensor-core figures with sparsity; the dense figure is half. fp32 = the non-tensor-core FP32 peak,
+# tf32 = the tensor-core peak fp32 matmuls reach when torch.backends.cuda.matmul.allow_tf32 is on.
 PEAK_TFLOPS = {
-    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
-    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 378.0},
-    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 417.5},
-    "H200 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
-    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 417.5},
+    "H100 SXM": {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.0},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H200 SXM": {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
 }
 
 
@@ -107,6 +107,10 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
 
     method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
     dcfg = cfg["distill"]
+    if device == "cuda" and not torch.cuda.is_available():
+        from declip.errors import UserFacingError
+
+        raise UserFacingError("--device cuda was asked but no CUDA device is visible; use --device auto or cpu")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     cuda = dev.type == "cuda"
     batch_size = dcfg["batch_size"]
@@ -160,7 +164,8 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     }
     if cuda:
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-        dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
+        dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            amp_dtype, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
         peak, row = peak_tflops(out["device"], dtype)
         out.update(dtype=dtype, peak_tflops=peak, peak_source=row and f"NVIDIA datasheet, {row} dense {dtype}")
         if peak and flops:

@@ -40,6 +40,8 @@ def build_models(cfg: dict, method: dict, device, random_weights: bool = False):
     set_trainable(clip, method["trainable_blocks"], method["dense_mode"], method["context_proj"])
     student = DenseCLIP(clip, dense_mode=method["dense_mode"], attn_scale=method["attn_scale"],
                         context_proj=method["context_proj"]).to(device).train()
+    if cfg["distill"].get("grad_checkpointing"):
+        student.set_grad_checkpointing(True)
     teacher = DenseCLIP(original, dense_mode="vanilla").to(device).eval()
     return clip, student, teacher, original
 
@@ -283,13 +285,25 @@ def save_state(state_dir: Path, step: int, clip, optimizer, scheduler, scaler, c
     return path
 
 
-def load_state(path: Path, clip, optimizer, scheduler, scaler) -> int:
+def read_state(path: Path) -> dict | None:
+    """A checkpoint written by `save_state`, or None when it is unreadable (e.g. truncated by a crash)."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = set(n for n, p in clip.named_parameters() if p.requires_grad) - set(state["student"])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file just means "start over"
+        log.warning("cannot read %s (%s): not resuming from it", path, e)
+        return None
+
+
+def apply_state(state: dict, clip, optimizer, scheduler, scaler) -> int:
+    """Restore weights, optimizer, scheduler, scaler and RNG from a checkpoint; returns its step."""
+    import torch
+
+    missing = {n for n, p in clip.named_parameters() if p.requires_grad} - set(state["student"])
     if missing:
-        raise UserFacingError(f"checkpoint {path} does not hold trainable weights {sorted(missing)[:3]}...; delete {path.parent} to restart")
+        raise UserFacingError(f"the resumable state lacks trainable weights {sorted(missing)[:3]}; "
+                              "delete the run's state/ folder to restart")
     clip.load_state_dict(state["student"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -299,15 +313,6 @@ def load_state(path: Path, clip, optimizer, scheduler, scaler) -> int:
     if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return int(state["step"])
-
-
-def _state_hash(path: Path) -> str | None:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("config_hash")
-    except Exception:  # a truncated file from a killed writer: not resumable
-        return None
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -384,7 +389,6 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     import torch
     from tqdm import tqdm
 
-    from declip.data.images import letterbox  # noqa: F401  (the dataset's letterbox; imported to fail early)
     from declip.distill.data import LetterboxDataset, StepBatchSampler, collate, total_steps
 
     if not method["train"]:
@@ -432,11 +436,13 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     chash = distill_hash(cfg, method)
     start_step = 0
     ckpt = latest_state(state_dir)
-    if ckpt is not None and _state_hash(ckpt) == chash:
-        start_step = load_state(ckpt, clip, optimizer, scheduler, scaler)
+    state = read_state(ckpt) if ckpt is not None else None
+    if state is not None and state.get("config_hash") == chash:
+        start_step = apply_state(state, clip, optimizer, scheduler, scaler)
         log.info("resuming %s from %s (step %d of %d)", variant, ckpt, start_step, steps)
-    elif ckpt is not None:
-        log.warning("ignoring %s: it was written for another configuration", ckpt)
+    elif state is not None:
+        log.warning("ignoring %s: it was written for another configuration (delete it to save space)", ckpt)
+    del state
     if dist_env.main:
         _truncate_log(losses_path, start_step)
 
@@ -454,7 +460,8 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     bar = tqdm(total=steps, initial=start_step, desc=f"distill {variant}", disable=not dist_env.main, unit="step")
     it = iter(loader)
     for step in range(start_step, steps):
-        batches = [next(it) for _ in range(sampler.accum)]
+        with ctx.timer("data"):  # image decode + letterbox (the loader), then transfer and regions in train_step
+            batches = [next(it) for _ in range(sampler.accum)]
         terms = train_step(ctx, step, batches)
         scheduler.step()
         done = step + 1
@@ -481,30 +488,39 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
 
     provenance = out_dir / "provenance.json"
     if dist_env.main:
-        from declip.models.clip import save_clip
-
-        original.load_state_dict(weight_ensemble(clip.state_dict(), original.state_dict(), method["ensemble_alpha"]))
-        save_clip(original, out_path)
         prov = {"variant": variant, "config_hash": chash, "steps": steps, "resumed_from_step": start_step,
                 "batch_size": batch_size, "world_size": dist_env.world_size, "device": str(dev),
-                "dataset": {"name": cfg["distill"]["dataset"], "images": len(items), "source": dataset_label},
+                "dataset": {"name": dcfg["dataset"], "images": len(items), "source": dataset_label},
                 "teachers": [str(p) for p in (teacher_indexes or [])], "cache_mode": cfg["teachers"]["cache_mode"],
                 "ensemble_alpha": method["ensemble_alpha"], "seconds": round(seconds, 3), "git_sha": git_sha(),
-                "final_losses": {k: last.get(k) for k in LOSS_TERMS}}
-        tmp = provenance.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(prov, indent=2))
-        tmp.replace(provenance)
-        # The final model is the product; intermediate state would only resume a finished run.
-        for f in state_dir.glob("step-*.pt"):
-            f.unlink()
+                "final_losses": {k: last.get(k) for k in LOSS_TERMS},
+                "time_split_s": {k: round(v, 3) for k, v in sorted(ctx.timer.seconds.items())}}
+        save_outputs(clip, original, method["ensemble_alpha"], out_path, provenance, prov, state_dir)
     if dist_env.world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    log.info("distilled %s: %d steps in %.1f s (%.1f images/s)", variant, steps - start_step, seconds,
-             (steps - start_step) * batch_size / max(seconds, 1e-9))
+        dist.destroy_process_group()
+    log.info("distilled %s: %d steps in %.1f s (%.1f images/s); time split: %s", variant, steps - start_step, seconds,
+             (steps - start_step) * batch_size / max(seconds, 1e-9),
+             ", ".join(f"{k} {v:.1f} s" for k, v in sorted(ctx.timer.seconds.items())))
     return {"metrics": {k: last.get(k) for k in LOSS_TERMS if last.get(k) is not None}, "seconds": seconds,
             "losses": losses_path, "provenance": provenance, "steps": steps}
+
+
+def save_outputs(clip, original, alpha: float, out_path: Path, provenance: Path, prov: dict, state_dir: Path) -> None:
+    """The ensembled model (open_clip layout), provenance.json (atomically), then drop the resumable state."""
+    from declip.models.clip import save_clip
+
+    # `original` is not needed any more: it receives the ensemble a * student + (1 - a) * original.
+    original.load_state_dict(weight_ensemble(clip.state_dict(), original.state_dict(), alpha))
+    save_clip(original, out_path)
+    tmp = provenance.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(prov, indent=2))
+    tmp.replace(provenance)
+    # The final model is the product; the state would only resume a finished run.
+    for f in state_dir.glob("step-*.pt"):
+        f.unlink()
 
 
 def _reduce_mean(terms: dict, dist_env: Dist) -> dict:
