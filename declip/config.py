@@ -146,9 +146,15 @@ def variant_method(config: dict, variant: str) -> dict:
     return method
 
 
-def trained_variants(config: dict, variants: list[str] | None = None) -> list[str]:
-    names = config["variants"] if variants is None else variants
-    return [v for v in names if variant_method(config, v)["train"]]
+def canonical_variant(config: dict, variant: str) -> str:
+    """The first variant (in `variants`, then `variant_presets` order) whose resolved method equals this
+    one's. Variants that are the same recipe under two names (e.g. `vfm_dinov2_b` and `declip_cvpr`) are
+    distilled once and share the checkpoint; each is still evaluated and reported under its own name."""
+    method = variant_method(config, variant)
+    for other in list(config["variants"]) + list(config["variant_presets"]):
+        if variant_method(config, other) == method:
+            return other
+    return variant
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

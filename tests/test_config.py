@@ -94,7 +94,14 @@ def test_section6_variants_exist_and_resolve():
     assert C.variant_method(cfg, "vfm_sam_b")["vfm"] == "sam_b"
     assert C.variant_method(cfg, "coupled")["coupled"] is True
     assert not C.variant_method(cfg, "clip")["train"]
-    assert "clip" not in C.trained_variants(cfg)
+
+
+def test_identical_variants_share_one_distillation():
+    cfg = C.load()
+    assert C.canonical_variant(cfg, "vfm_dinov2_b") == "declip_cvpr"  # same VFM as the CVPR recipe
+    assert C.canonical_variant(cfg, "context_q") == "declip"  # q is the default projection
+    assert C.canonical_variant(cfg, "lambda_0.5") == "lambda_0.5"
+    assert C.canonical_variant(cfg, "declip") == "declip"
 
 
 def test_job_spec_slices_config_and_resolves_variant():

@@ -5,7 +5,7 @@ import json
 
 from declip.tables.registry import table_ids
 
-from declip.config import ConfigError, job_spec, trained_variants, validate, variant_method
+from declip.config import ConfigError, canonical_variant, job_spec, validate, variant_method
 
 try:
     validate(config)
@@ -17,6 +17,8 @@ P = config["paths"]
 R = P["results"]
 ENV = "../../envs/declip.yaml"
 MINI = config["preset"] == "mini"
+# Mini jobs are small: one thread each lets two run side by side on a 2-core laptop.
+JOB_THREADS = 1 if MINI else 8
 EV = config["evaluate"]
 
 
@@ -67,7 +69,7 @@ def teacher_inputs():
 def variant_checkpoint(variant):
     if not variant_method(config, variant)["train"]:
         return config["student"]["checkpoint"]
-    return f"{R}/distill/{variant}/model.pt"
+    return f"{R}/distill/{canonical_variant(config, variant)}/model.pt"
 
 
 def variant_checkpoint_inputs(wildcards):

@@ -19,7 +19,7 @@ rule distill:
         logfile("distill/{variant}"),
     benchmark:
         "benchmarks/distill/{variant}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=config["distill"]["gpus"],
         mem_mb=lambda w: 4000 if MINI else 64000,

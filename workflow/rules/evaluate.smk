@@ -11,7 +11,7 @@ rule evaluate_regionclf:
         root=lambda w: config["datasets"][w.dataset]["root"],
     log:
         logfile("evaluate/regionclf-{dataset}-{variant}"),
-    threads: 1
+    threads: JOB_THREADS
     resources:
         gpu=lambda w: 0 if MINI else 1,
         mem_mb=lambda w: 3000 if MINI else 32000,
@@ -34,7 +34,7 @@ rule evaluate_tfseg:
         root=lambda w: config["datasets"][w.benchmark]["root"],
     log:
         logfile("evaluate/tfseg-{benchmark}-{variant}"),
-    threads: 1
+    threads: JOB_THREADS
     resources:
         gpu=lambda w: 0 if MINI else 1,
         mem_mb=lambda w: 3000 if MINI else 32000,
@@ -57,7 +57,7 @@ rule evaluate_ov3d:
         root=lambda w: config["datasets"][EV["ov3d"]["dataset"]]["root"],
     log:
         logfile("evaluate/ov3d-{host}-{mode}-{variant}"),
-    threads: 1
+    threads: JOB_THREADS
     resources:
         gpu=lambda w: 0 if MINI else 1,
         mem_mb=lambda w: 3000 if MINI else 32000,

@@ -15,7 +15,7 @@ rule teachers:
         logfile("teachers/{dataset}-{teacher}"),
     benchmark:
         "benchmarks/teachers/{dataset}-{teacher}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=lambda w: 0 if MINI else 1,
         mem_mb=lambda w: 4000 if MINI else 32000,

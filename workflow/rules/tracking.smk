@@ -44,8 +44,9 @@ def spawn_report():
     dumped = os.path.join(state, "report-config.yaml")
     with open(dumped, "w") as f:
         yaml.safe_dump(dict(config), f)
-    cmd = [sys.executable, "-m", "snakemake", "--report", path, "-s", workflow.main_snakefile,
-           "--configfile", dumped, *sorted(workflow.dag_settings.targets)]
+    # Targets first: --configfile takes every argument after it.
+    cmd = [sys.executable, "-m", "snakemake", *sorted(workflow.dag_settings.targets), "--report", path,
+           "-s", workflow.main_snakefile, "--configfile", dumped]
     os.makedirs(P["logs"], exist_ok=True)
     waiter = "for i in $(seq 600); do ls .snakemake/locks/*.lock >/dev/null 2>&1 || break; sleep 0.5; done; "
     with open(os.path.join(P["logs"], "report.log"), "w") as log:
