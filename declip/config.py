@@ -55,6 +55,33 @@ def _fill_defaults(schema: dict, instance: Any) -> None:
                 _fill_defaults(extra, value)
 
 
+def _types(schema: dict) -> set:
+    t = schema.get("type", [])
+    return set([t] if isinstance(t, str) else t)
+
+
+def _coerce_strings(schema: dict, instance):
+    """Snakemake's `--config key={nested: yaml}` hands nested scalars over as strings ('16', 'true');
+    read them as YAML where the schema wants a number, boolean or null, so such overrides just work."""
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                instance[key] = _coerce_strings(sub, value)
+        return instance
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [_coerce_strings(schema["items"], v) for v in instance]
+    wanted = _types(schema) & {"integer", "number", "boolean", "null"}
+    if isinstance(instance, str) and wanted and "string" not in _types(schema):
+        parsed = yaml.safe_load(instance)
+        kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+        if any(isinstance(parsed, kinds[k]) and not (k != "boolean" and isinstance(parsed, bool)) for k in wanted):
+            return parsed
+    return instance
+
+
 def _format_error(err) -> str:
     path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     sub = err.schema if isinstance(err.schema, dict) else {}
@@ -73,6 +100,7 @@ def validate(config: dict) -> dict:
     import jsonschema
 
     schema = load_schema()
+    _coerce_strings(schema, config)
     _fill_defaults(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))

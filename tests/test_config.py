@@ -125,3 +125,13 @@ def test_envs_in_step_with_pyproject():
     env = yaml.safe_load((C.ROOT / "envs" / "declip.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(deps)
+
+
+def test_nested_command_line_overrides_given_as_strings_are_read_as_yaml():
+    """`snakemake --config mini='{pretrain: {steps: 8}}'` passes nested scalars as strings."""
+    cfg = C.load(overrides={"mini": {"pretrain": {"steps": "8", "min_zero_shot_acc": "0.5"}},
+                            "method": {"rcc": "false", "trainable_blocks": "null"}})
+    assert cfg["mini"]["pretrain"]["steps"] == 8 and cfg["mini"]["pretrain"]["min_zero_shot_acc"] == 0.5
+    assert cfg["method"]["rcc"] is False and cfg["method"]["trainable_blocks"] is None
+    with pytest.raises(C.ConfigError):
+        C.load(overrides={"mini": {"pretrain": {"steps": "eight"}}})

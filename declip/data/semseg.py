@@ -24,38 +24,30 @@ from declip.config import resolve_path
 from declip.data.vocab import CATEGORIES
 from declip.errors import UserFacingError
 
+_VOC20: tuple[str, ...] = (
+    'aeroplane', 'bicycle', 'bird', 'ship', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'table', 'dog',
+    'horse', 'motorbike',
+    'person; person in shirt; person in jeans; person in dress; person in sweater; person in skirt; person in jacket',
+    'pottedplant', 'sheep', 'sofa', 'train',
+    'television monitor; tv monitor; monitor; television; screen',
+)
+# VOC21 = background (with the synonyms SCLIP uses for it) + the 20 VOC classes.
+_VOC_BACKGROUND = 'sky; wall; tree; wood; grass; road; sea; river; mountain; sands; desk; bed; building; cloud; lamp; door; window; wardrobe; ceiling; shelf; curtain; stair; floor; hill; rail; fence'
+
+_CONTEXT59: tuple[str, ...] = (
+    'aeroplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle',
+    'building', 'bus', 'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow', 'cup',
+    'curtain', 'dog', 'door', 'fence', 'floor', 'flower', 'food', 'grass', 'ground', 'horse', 'keyboard',
+    'light', 'motorbike', 'mountain', 'mouse', 'person', 'plate', 'platform', 'pottedplant', 'road',
+    'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky', 'snow', 'sofa', 'table', 'track', 'train',
+    'tree', 'truck', 'tvmonitor', 'wall', 'water', 'window', 'wood',
+)
+
 CLASS_PROMPTS: dict[str, tuple[str, ...]] = {
-    'voc21': (  # 21 classes
-        'sky; wall; tree; wood; grass; road; sea; river; mountain; sands; desk; bed; building; cloud; lamp; door; window; wardrobe; ceiling; shelf; curtain; stair; floor; hill; rail; fence',
-        'aeroplane', 'bicycle', 'bird', 'ship', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'table', 'dog',
-        'horse', 'motorbike',
-        'person; person in shirt; person in jeans; person in dress; person in sweater; person in skirt; person in jacket',
-        'pottedplant', 'sheep', 'sofa', 'train',
-        'television monitor; tv monitor; monitor; television; screen',
-    ),
-    'voc20': (  # 20 classes
-        'aeroplane', 'bicycle', 'bird', 'ship', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'table', 'dog',
-        'horse', 'motorbike',
-        'person; person in shirt; person in jeans; person in dress; person in sweater; person in skirt; person in jacket',
-        'pottedplant', 'sheep', 'sofa', 'train',
-        'television monitor; tv monitor; monitor; television; screen',
-    ),
-    'context60': (  # 60 classes
-        'background', 'aeroplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book',
-        'bottle', 'building', 'bus', 'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow',
-        'cup', 'curtain', 'dog', 'door', 'fence', 'floor', 'flower', 'food', 'grass', 'ground', 'horse',
-        'keyboard', 'light', 'motorbike', 'mountain', 'mouse', 'person', 'plate', 'platform', 'pottedplant',
-        'road', 'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky', 'snow', 'sofa', 'table', 'track',
-        'train', 'tree', 'truck', 'tvmonitor', 'wall', 'water', 'window', 'wood',
-    ),
-    'context59': (  # 59 classes
-        'aeroplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle',
-        'building', 'bus', 'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow', 'cup',
-        'curtain', 'dog', 'door', 'fence', 'floor', 'flower', 'food', 'grass', 'ground', 'horse', 'keyboard',
-        'light', 'motorbike', 'mountain', 'mouse', 'person', 'plate', 'platform', 'pottedplant', 'road',
-        'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky', 'snow', 'sofa', 'table', 'track', 'train',
-        'tree', 'truck', 'tvmonitor', 'wall', 'water', 'window', 'wood',
-    ),
+    'voc21': (_VOC_BACKGROUND, *_VOC20),  # 21 classes
+    'voc20': _VOC20,  # 20 classes
+    'context60': ('background', *_CONTEXT59),  # 60 classes
+    'context59': _CONTEXT59,  # 59 classes
     'coco_object': (  # 81 classes
         'sky; wall; tree; wood; grass; road; sea; river; mountain; sands; desk; bed; building; cloud; lamp; door; window; wardrobe; ceiling; shelf; curtain; stair; floor; hill; rail; fence',
         'person; person in shirt; person in jeans; person in dress; person in sweater; person in skirt; person in jacket; body',
