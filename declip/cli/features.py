@@ -59,20 +59,6 @@ def _student_cfg(cfg: dict, model: str | None, checkpoint: str | None) -> dict:
     return student
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserFacingError(f"--device {name!r} is not a device ({e}); use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu")
-    return device
-
-
 def _batches(source: Path, image_size: int, batch_size: int, mean, std):
     """Yield (ids, pixels (B,3,H,W) normalised, scales) for an image file, a folder or a .npy array."""
     import numpy as np
@@ -134,7 +120,9 @@ def run(args, cfg: dict) -> dict:
     image_size = args.image_size or student["image_size"]
     if args.batch_size < 1:
         raise UserFacingError("--batch-size must be at least 1")
-    device = _device(args.device)
+    from declip.device import pick_device
+
+    device = pick_device(args.device)
 
     clip = load_clip(student, checkpoint=args.checkpoint, checkpoint_format=args.checkpoint_format)
     dense = DenseCLIP(clip, dense_mode=mode, attn_scale=attn_scale, context_proj=context_proj).to(device).eval()

@@ -107,11 +107,9 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
 
     method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
     dcfg = cfg["distill"]
-    if device == "cuda" and not torch.cuda.is_available():
-        from declip.errors import UserFacingError
+    from declip.device import pick_device
 
-        raise UserFacingError("--device cuda was asked but no CUDA device is visible; use --device auto or cpu")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = pick_device(device)
     cuda = dev.type == "cuda"
     batch_size = dcfg["batch_size"]
     micro = dcfg["per_device_batch"] or batch_size

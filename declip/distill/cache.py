@@ -92,14 +92,6 @@ def teacher_spec(cfg: dict, teacher: str) -> dict:
     return {"teacher": teacher, "kind": kind, "spec": spec, "seed": cfg["seed"], "grid": list(student_grid(cfg["student"]))}
 
 
-def pick_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class OnlineTeacher:
     """A teacher computed in the training step (teachers.cache_mode: online); `.get(images01)` as the cache's."""
 
@@ -116,6 +108,8 @@ class OnlineTeacher:
             from declip.models.sd import load_sd
 
             self.model = load_sd(cfg["teachers"]["sd"], cfg["seed"], precision=precision)
+        from declip.device import pick_device
+
         self.model.to(pick_device(device))
 
     def get(self, images01):

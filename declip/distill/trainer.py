@@ -332,11 +332,11 @@ def init_distributed(device_arg: str):
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
-    if device_arg == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError("--device cuda was asked but no CUDA device is visible; use --device auto or cpu")
+    from declip.device import pick_device
+
+    use_cuda = pick_device(device_arg).type == "cuda"
     if world <= 1:
-        return Dist(), torch.device("cuda" if use_cuda else "cpu")
+        return Dist(), pick_device(device_arg)
     import torch.distributed as dist
 
     d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

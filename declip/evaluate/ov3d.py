@@ -197,7 +197,9 @@ def main(args, cfg) -> dict:
     """`declip evaluate ov3d --variant V --checkpoint CKPT --data ROOT --out metrics.json --host H --mode M`."""
     from tqdm import tqdm
 
-    from declip.evaluate.text import load_eval_model, pick_device
+    from declip.device import pick_device
+
+    from declip.evaluate.text import load_eval_model
 
     t0 = time.time()
     ocfg, student = cfg["evaluate"]["ov3d"], cfg["student"]

@@ -206,7 +206,8 @@ def evaluate(model, dataset, settings: dict, student_cfg: dict, classifiers=CLAS
 def main(args, cfg: dict) -> dict:
     """`declip evaluate regionclf`: metrics.json for one variant on the configured panoptic dataset."""
     from declip.data.panoptic import panoptic_paths, read_panoptic
-    from declip.evaluate.text import load_eval_model, pick_device
+    from declip.device import pick_device
+    from declip.evaluate.text import load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
     name = args.dataset or settings["dataset"]

@@ -147,14 +147,6 @@ def resolve_checkpoint(cfg: dict, variant: str, checkpoint: str | None = None) -
     return resolve_path(cfg.get("paths", {}).get("results", "results")) / "distill" / variant / "model.pt"
 
 
-def pick_device(name: str = "auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class EvalModel:
     """A loaded CLIP with its DenseCLIP wrapper and cached class text embeddings."""
 

@@ -145,7 +145,8 @@ def evaluate(model, benchmark: str, spec: dict, settings: dict, student_cfg: dic
 
 def main(args, cfg: dict) -> dict:
     """`declip evaluate tfseg`: metrics.json for one variant on one benchmark."""
-    from declip.evaluate.text import load_eval_model, pick_device
+    from declip.device import pick_device
+    from declip.evaluate.text import load_eval_model
 
     benchmarks = cfg["evaluate"]["tfseg"]["benchmarks"]
     benchmark = args.benchmark or (benchmarks[0] if len(benchmarks) == 1 else None)

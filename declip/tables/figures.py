@@ -200,7 +200,8 @@ def make_figures(cfg: dict, variant: str, checkpoint: str | None, dataset: str, 
 
     from declip.data.images import letterbox, list_images, load_image, normalize
     from declip.distill.cache import TeacherCache
-    from declip.evaluate.text import load_eval_model, pick_device
+    from declip.device import pick_device
+    from declip.evaluate.text import load_eval_model
     from declip.evaluate.tfseg import benchmark_settings, predict
 
     if dataset not in cfg["datasets"]:
