@@ -112,13 +112,17 @@ def validate(config: dict) -> dict:
 
 def _check_references(config: dict, schema: dict) -> None:
     """Cross-key checks the JSON schema cannot express."""
+    import jsonschema
+
     problems = []
     presets = config["variant_presets"]
-    for name in config["variants"] + config["tables"]["table2_variants"] + config["tables"]["figure_variants"]:
-        if name not in presets:
-            problems.append(
-                f"config key `variants`: {name!r} is not a variant preset; allowed values: {', '.join(sorted(presets))}"
-            )
+    lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
+             "tables.figure_variants": config["tables"]["figure_variants"]}
+    for key, names in lists.items():
+        for name in names:
+            if name not in presets:
+                problems.append(f"config key `{key}`: {name!r} is not a variant preset; "
+                                f"allowed values: {', '.join(sorted(presets))}")
     method_schema = schema["properties"]["method"]
     for name in presets:
         try:
@@ -131,8 +135,6 @@ def _check_references(config: dict, schema: dict) -> None:
                 f"config key `variant_presets.{name}.vfm` (or `method.vfm`): {method['vfm']!r} is not a teacher; "
                 f"allowed values: {', '.join(sorted(config['teachers']['vfms']))}"
             )
-        import jsonschema
-
         for err in jsonschema.Draft202012Validator(method_schema).iter_errors(method):
             problems.append(_format_error(err).replace("config key `", f"config key `variant_presets.{name}.", 1))
     datasets = config["datasets"]
@@ -217,7 +219,8 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
     variant = wildcards.get("variant", "")
     if variant and "method" in cfg:
         cfg["method"] = variant_method(config, variant)
-    dataset = wildcards.get("dataset") or wildcards.get("benchmark") or _rule_dataset(config, rule)
+    dataset = (wildcards.get("dataset") or wildcards.get("benchmark") or wildcards.get("manifest")
+               or _rule_dataset(config, rule))
     key = rule + "".join(f":{k}={v}" for k, v in sorted(wildcards.items()))
     return {
         "rule": rule,

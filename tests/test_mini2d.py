@@ -10,6 +10,7 @@ from PIL import Image
 
 from declip import config
 from declip.data import mini2d, render2d
+from declip.data.panoptic import load_segment_ids
 from declip.data.vocab import CATEGORIES, THINGS
 
 SMALL = {"mini": {"world2d": {"seed": 3, "image_size": 64, "n_train": 8, "n_val": 4, "n_single": 20}}}
@@ -50,7 +51,7 @@ def test_instances_load_in_pycocotools_and_match_panoptic(world):
     pan = json.loads((root / "annotations" / "panoptic_train.json").read_text())
     assert sorted(coco.getCatIds()) == [c.id for c in THINGS]
     for entry in pan["annotations"]:
-        ids = mini2d.rgb_to_ids(_png(root / "annotations" / "panoptic_train" / entry["file_name"]))
+        ids = load_segment_ids(root / "annotations" / "panoptic_train" / entry["file_name"])
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[entry["image_id"]]))
         things = [s for s in entry["segments_info"] if s["category_id"] <= len(THINGS)]
         assert len(anns) == len(things) >= 1
@@ -71,7 +72,7 @@ def test_panoptic_png_ids_match_segments_info_and_semantic(world):
     isthing = {c["id"]: c["isthing"] for c in pan["categories"]}
     assert isthing == {c.id: int(c.isthing) for c in CATEGORIES}
     for entry in pan["annotations"]:
-        ids = mini2d.rgb_to_ids(_png(root / "annotations" / "panoptic_val" / entry["file_name"]))
+        ids = load_segment_ids(root / "annotations" / "panoptic_val" / entry["file_name"])
         sem = _png(root / "semantic" / "val" / entry["file_name"])
         infos = {s["id"]: s for s in entry["segments_info"]}
         assert set(np.unique(ids)) - {0} == set(infos)

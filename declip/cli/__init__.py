@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"declip: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "threads", None):  # every compute verb's --threads (the rule's thread count)
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     start = time.time()
     try:
         result = args._module.run(args, cfg) or {}

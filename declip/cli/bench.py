@@ -37,10 +37,6 @@ def distill(args, cfg) -> dict:
     from declip.distill.bench import bench_distill, format_report, random_teacher_specs
     from declip.errors import UserFacingError
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.preset and args.preset != cfg.get("preset"):
         if args.preset == "mini":
             cfg = config_mod.load(*args.configfile)

@@ -32,15 +32,16 @@ def mini2d(args, cfg) -> dict:
     from declip.config import resolve_path
     from declip.data.mini2d import generate
 
-    counts = generate(cfg, resolve_path(args.out))
-    return {"metrics": _flat(counts), "artifacts": [str(resolve_path(args.out) / "MANIFEST.json")]}
+    out = resolve_path(args.out)
+    counts = generate(cfg, out)
+    return {"metrics": _flat(counts), "artifacts": [str(out / "MANIFEST.json")]}
 
 
 def mini3d(args, cfg) -> dict:
     from declip.config import resolve_path
     from declip.data import mini3d as gen
 
-    return {"metrics": _flat(gen.generate(cfg, resolve_path(args.out)) or {})}
+    return {"metrics": _flat(gen.generate(cfg, resolve_path(args.out)))}
 
 
 def download(args, cfg) -> dict:

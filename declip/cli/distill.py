@@ -45,10 +45,6 @@ def run(args, cfg) -> dict:
     from declip.config import variant_method
     from declip.distill.trainer import distill
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     # A job's slice has `method` already resolved; a full config (manual use) resolves the variant here.
     method = variant_method(cfg, args.variant) if "variant_presets" in cfg else cfg["method"]
     items = dataset_items(cfg, args.data)

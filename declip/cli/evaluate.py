@@ -46,10 +46,6 @@ def add_arguments(parser) -> None:
 def run(args, cfg) -> dict:
     import importlib
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if "variant_presets" in cfg:  # a full config (manual use): resolve `method` for the variant, as jobs do
         from declip.config import variant_method
 

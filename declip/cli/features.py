@@ -96,9 +96,9 @@ def _count(source: Path) -> int | None:
     if source.suffix.lower() == ".npy" and source.is_file():
         return int(np.load(source, mmap_mode="r").shape[0])
     if source.is_dir():
-        from declip.data.images import IMAGE_SUFFIXES
+        from declip.data.images import list_images
 
-        return sum(1 for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return len(list_images({"root": str(source.resolve())}))
     return 1
 
 

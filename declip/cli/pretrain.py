@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data", default="data/mini2d/MANIFEST.json",
@@ -19,6 +21,4 @@ def run(args, cfg) -> dict:
     metrics = pretrain(cfg, args.data, out, threads=args.threads)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     numbers.update({f"zero_shot_acc/{name}": acc for name, acc in metrics["per_class"].items()})
-    from pathlib import Path
-
     return {"metrics": numbers, "artifacts": [str(Path(metrics["checkpoint"]).parent / "pretrain_metrics.json")]}

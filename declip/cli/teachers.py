@@ -12,12 +12,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args, cfg) -> dict:
-    import torch
-
     from declip.distill.cache import extract
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     index = extract(cfg, args.dataset, args.teacher, args.out, device=args.device)
     metrics = {"images": len(index["image_ids"]), "shards": len(index["shards"])}
     if index["throughput"]["images_per_s"] is not None:

@@ -160,13 +160,8 @@ def bbox_of(mask: np.ndarray) -> list[int]:
 
 
 def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG encoding: id = R + 256 G + 256^2 B."""
+    """COCO panoptic PNG encoding: id = R + 256 G + 256^2 B (decoded by declip.data.panoptic.load_segment_ids)."""
     return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
-
-
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
 
 
 def category_json(things_only: bool = False) -> list[dict]:

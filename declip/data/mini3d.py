@@ -1,10 +1,11 @@
 """The mini 3D world: seeded rooms of primitive objects in the ScanNet200 evaluation layout.
 
-Each scene is a floor (and walls) with 4-7 primitives, one per THINGS category draw (shape and colour
-from `declip.data.vocab`; draws cycle through every category, see `scene_categories`). Its vertex set is
-the jittered-grid surface sample of every object and of the room; GT follows the ScanNet200 instance
-files (`label_id * 1000 + instance_id` per vertex, instances 1-based; walls and the floor are annotated
-instances as in ScanNet, and the instance benchmark treats them as void).
+Each scene is a floor (and walls) with `mini.world3d.min_objects`..`max_objects` primitives, one per THINGS
+category draw (shape and colour from `declip.data.vocab`; draws cycle through every category, see
+`scene_categories`). Its vertex set is the jittered-grid surface sample of every object and of the
+room; GT follows the ScanNet200 instance files (`label_id * 1000 + instance_id` per vertex, instances
+1-based; walls and the floor are annotated instances as in ScanNet, and the instance benchmark treats
+them as void).
 Posed RGB-D frames are rendered on the CPU by `declip.data.render3d` from a camera circling inside the room.
 
 Layout (mirrors OpenMask3D's per-scene folders and the benchmark's GT files):

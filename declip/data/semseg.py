@@ -31,7 +31,7 @@ _VOC20: tuple[str, ...] = (
     'pottedplant', 'sheep', 'sofa', 'train',
     'television monitor; tv monitor; monitor; television; screen',
 )
-# VOC21 = background (with the synonyms SCLIP uses for it) + the 20 VOC classes.
+# Background index 0 of VOC21 and COCO-Object: the stuff synonyms SCLIP prompts it with.
 _VOC_BACKGROUND = 'sky; wall; tree; wood; grass; road; sea; river; mountain; sands; desk; bed; building; cloud; lamp; door; window; wardrobe; ceiling; shelf; curtain; stair; floor; hill; rail; fence'
 
 _CONTEXT59: tuple[str, ...] = (
@@ -49,7 +49,7 @@ CLASS_PROMPTS: dict[str, tuple[str, ...]] = {
     'context60': ('background', *_CONTEXT59),  # 60 classes
     'context59': _CONTEXT59,  # 59 classes
     'coco_object': (  # 81 classes
-        'sky; wall; tree; wood; grass; road; sea; river; mountain; sands; desk; bed; building; cloud; lamp; door; window; wardrobe; ceiling; shelf; curtain; stair; floor; hill; rail; fence',
+        _VOC_BACKGROUND,
         'person; person in shirt; person in jeans; person in dress; person in sweater; person in skirt; person in jacket; body',
         'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
         'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',

@@ -102,13 +102,12 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     import torch
 
     from declip.config import variant_method
+    from declip.device import pick_device
     from declip.distill.trainer import (OnlineTeachers, PhaseTimer, StepContext, amp_setup, build_models,
                                         param_groups, train_step)
 
     method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
     dcfg = cfg["distill"]
-    from declip.device import pick_device
-
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     batch_size = dcfg["batch_size"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from declip.config import ROOT, config_hash
+from declip.distill.losses import needs
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class CachedTeachers:
                 raise UserFacingError(
                     f"teacher cache {path} has grid {info.get('grid')} but the student's token grid is {list(grid)}: "
                     "re-extract the cache with the same `student.image_size`")
-        need = _needs(method)
+        need = needs(method)
         for kind, have in (("vfm", self.vfm), ("sd", self.sd)):
             if need[kind] and have is None:
                 what = f"VFM {method['vfm']!r} tokens" if kind == "vfm" else "SD affinities"
@@ -131,7 +132,7 @@ class OnlineTeachers:
     def __init__(self, cfg: dict, method: dict, device):
         from declip.distill.cache import OnlineTeacher
 
-        self.need = _needs(method)
+        self.need = needs(method)
         self.vfm = OnlineTeacher(cfg, f"vfm:{method['vfm']}", str(device)) if self.need["vfm"] else None
         self.sd = OnlineTeacher(cfg, "sd", str(device)) if self.need["sd"] else None
 
@@ -148,12 +149,6 @@ class OnlineTeachers:
                 with timer("sd"):
                     aff = self.sd.get(images01).float()
         return vfm, aff
-
-
-def _needs(method: dict) -> dict:
-    from declip.distill.losses import needs
-
-    return needs(method)
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -23,7 +23,6 @@ the 200 classes (mean over `random_label_seeds`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -109,13 +108,10 @@ def mask_pool(dense_map, mask2d: np.ndarray, image_size: int):
     """Mean of the dense tokens inside a 2D mask: the mask goes through the frame's letterbox, then each
     token's weight is the fraction of its cell the mask covers (area resize to the token grid)."""
     import torch
-    import torch.nn.functional as F
 
-    from declip.data.images import letterbox
+    from declip.evaluate.regionclf import mask_coverage
 
-    m = torch.from_numpy(mask2d.astype(np.float32))[None]
-    boxed, _ = letterbox(m, image_size)
-    weights = F.adaptive_avg_pool2d(boxed[None], dense_map.shape[-2:])[0, 0]
+    weights = mask_coverage(torch.from_numpy(mask2d)[None], image_size, dense_map.shape[-2:])[0]
     total = weights.sum()
     if total <= 0:
         return None
@@ -135,7 +131,7 @@ def mask_features(scene, masks: np.ndarray, model, ocfg: dict, student: dict, mo
     views = projection.top_views(counts, ocfg["topk_views"])
     needed = sorted({int(f) for v in views for f in v})
     images = {f: _image_tensor(scene, frame_ids[f], shape) for f in needed}
-    feats = torch.zeros(len(masks), model_dim(model))
+    feats = torch.zeros(len(masks), int(model.dense.embed_dim))
     mask2d = {}
     for j, vlist in enumerate(views):
         for f in vlist:
@@ -166,10 +162,6 @@ def mask_features(scene, masks: np.ndarray, model, ocfg: dict, student: dict, mo
     return feats
 
 
-def model_dim(model) -> int:
-    return int(model.dense.embed_dim)
-
-
 def classify(feats, text) -> np.ndarray:
     """Index into the 200 classes of the most similar text (cosine); zero features give index 0 like
     OpenMask3D's argmax over all-equal scores."""
@@ -198,7 +190,7 @@ def main(args, cfg) -> dict:
     from tqdm import tqdm
 
     from declip.device import pick_device
-
+    from declip.evaluate import write_metrics
     from declip.evaluate.text import load_eval_model
 
     t0 = time.time()
@@ -233,8 +225,7 @@ def main(args, cfg) -> dict:
                                                   ocfg["min_region_size"])
     result.update(host=host, mode=mode, variant=args.variant, n_scenes=len(scenes), n_masks=n_masks,
                   seconds=round(time.time() - t0, 2), per_class=scores["per_class"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1))
+    write_metrics(out_path, result)
     log.info("ov3d %s/%s %s: AP %s (random labels %s) on %d scenes, %d masks, %.1fs", host, mode, args.variant,
              result["AP"], result["random_labels"]["AP"], len(scenes), n_masks, result["seconds"])
     metrics = {k: v for k, v in result.items() if k in HEADLINE and v is not None}

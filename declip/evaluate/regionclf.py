@@ -14,12 +14,10 @@ separately (CLIPSelf `macc_with_is_thing`), against all K classes; in percent.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from declip.errors import UserFacingError
 
@@ -75,15 +73,22 @@ def image_segments(segments, seg_ids, label_of: dict[int, int], min_size: int, t
     return out
 
 
-def mask_token_weights(masks, scale_size: int, grid: int):
-    """(N, grid*grid) pooling weights: the masks letterboxed like the image, coverage per token."""
-    import torch
+def mask_coverage(masks, image_size: int, grid: tuple[int, int]):
+    """(N, gh, gw): the fraction of each token cell that a mask covers, the masks (N, H, W) letterboxed
+    like their image (area resize to the token grid). Shared with declip.evaluate.ov3d.mask_pool."""
     import torch.nn.functional as F
 
     from declip.data.images import letterbox
 
-    boxed, _ = letterbox(masks[:, None].float(), scale_size)
-    coverage = F.interpolate(boxed, size=(grid, grid), mode="area").flatten(1)
+    boxed, _ = letterbox(masks[:, None].float(), image_size)
+    return F.interpolate(boxed, size=tuple(grid), mode="area")[:, 0]
+
+
+def mask_token_weights(masks, scale_size: int, grid: int):
+    """(N, grid*grid) pooling weights: the masks letterboxed like the image, coverage per token."""
+    import torch
+
+    coverage = mask_coverage(masks, scale_size, (grid, grid)).flatten(1)
     inside = (coverage >= MASK_COVERAGE).float()
     empty = inside.sum(1) == 0
     weights = torch.where(empty[:, None], coverage, inside)
@@ -207,6 +212,7 @@ def main(args, cfg: dict) -> dict:
     """`declip evaluate regionclf`: metrics.json for one variant on the configured panoptic dataset."""
     from declip.data.panoptic import panoptic_paths, read_panoptic
     from declip.device import pick_device
+    from declip.evaluate import write_metrics
     from declip.evaluate.text import load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
@@ -219,10 +225,8 @@ def main(args, cfg: dict) -> dict:
     dataset = read_panoptic(*panoptic_paths(spec))
     dense_mode = settings.get("dense_mode") or cfg["method"]["dense_mode"]
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device), dense_mode)
-    metrics = evaluate(model, dataset, settings, cfg["student"], tuple(settings.get("classifiers", CLASSIFIERS)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=1))
-    classifiers = settings.get("classifiers", CLASSIFIERS)
+    classifiers = tuple(settings.get("classifiers", CLASSIFIERS))
+    metrics = evaluate(model, dataset, settings, cfg["student"], classifiers)
+    out = write_metrics(args.out, metrics)
     flat = {f"{c}_{k}": v for c in classifiers for k, v in metrics[c].items() if v is not None}
     return {"metrics": flat, "artifacts": [str(out)]}

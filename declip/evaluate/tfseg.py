@@ -11,7 +11,6 @@ below prob_thd become class 0. Scored with a dataset-level confusion matrix (dec
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -146,6 +145,7 @@ def evaluate(model, benchmark: str, spec: dict, settings: dict, student_cfg: dic
 def main(args, cfg: dict) -> dict:
     """`declip evaluate tfseg`: metrics.json for one variant on one benchmark."""
     from declip.device import pick_device
+    from declip.evaluate import write_metrics
     from declip.evaluate.text import load_eval_model
 
     benchmarks = cfg["evaluate"]["tfseg"]["benchmarks"]
@@ -163,7 +163,5 @@ def main(args, cfg: dict) -> dict:
     dense_mode = cfg["evaluate"]["tfseg"].get("dense_mode") or cfg["method"]["dense_mode"]
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device), dense_mode)
     metrics = evaluate(model, benchmark, spec, settings, cfg["student"], save_pred=args.save_pred)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=1))
+    out = write_metrics(args.out, metrics)
     return {"metrics": {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"]}, "artifacts": [str(out)]}

@@ -83,13 +83,14 @@ class PretrainData:
         for cid, ids in crop_text_ids.items():
             self.crop_table[cid] = ids
         self.image_size = image_size
-        self.mean = torch.tensor(student_cfg["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(student_cfg["std"]).view(1, 3, 1, 1)
+        self.mean, self.std = student_cfg["mean"], student_cfg["std"]
 
     def sample(self, batch_size: int, crop_fraction: float, gen):
         """(normalised images (B,3,S,S), text ids (B,)): whole-image views and object crops, augmented."""
         import torch
         from torchvision.ops import roi_align
+
+        from declip.data.images import normalize
 
         n_crop = int(round(batch_size * crop_fraction))
         n_full = batch_size - n_crop
@@ -118,7 +119,7 @@ class PretrainData:
         template = torch.randint(len(TEMPLATES), (n_crop,), generator=gen)
         crop_ids = self.crop_table[pick[:, 5].long(), template]
         text_ids = torch.cat([self.caption_ids[idx_full], crop_ids])
-        return (x - self.mean) / self.std, text_ids
+        return normalize(x, self.mean, self.std), text_ids
 
 
 def contrastive_loss(image_feats, text_feats, logit_scale, text_ids):

@@ -36,12 +36,6 @@ def letterbox_batch(images01, size: int):
     return torch.stack([letterbox(img, size)[0] for img in images01])
 
 
-def batch_device(images01):
-    import torch
-
-    return images01.device if isinstance(images01, torch.Tensor) else images01[0].device
-
-
 def autocast_context(device, precision: str):
     """Half-precision autocast on CUDA only (CPU teachers run fp32)."""
     import torch

@@ -268,7 +268,7 @@ def table_records(spec: TableSpec, layout: Layout, columns: list[Metric], rows: 
             rec[m.key] = ours
             if m in with_paper:
                 rec[f"{m.key}.paper"] = ref.value if ref else None
-                # Delta as the brief defines it: ours - paper, only where both numbers exist.
+                # ours - paper (positive = we are higher), left empty unless both numbers exist.
                 rec[f"{m.key}.delta"] = ours - ref.value if (ref and ours is not None) else None
         rec["preset"] = layout.preset if row.kind != "paper" else None
         rec["protocol"] = row.protocol

@@ -17,7 +17,7 @@ onstart:
         )
     from declip.tracking import start_invocation
 
-    start_invocation(config, targets=[str(t) for t in workflow.dag.targetjobs] if hasattr(workflow, "dag") else [])
+    start_invocation(config, targets=sorted(workflow.dag_settings.targets))
 
 
 onsuccess:
