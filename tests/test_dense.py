@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from declip.errors import UserFacingError
 from declip.models.clip import create_clip
-from declip.models.dense import DenseCLIP, rope_embed, set_trainable
+from declip.models.dense import DenseCLIP, rope_embed, set_trainable, unused_fused_rows
 
 TEXT = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
 MODES = ["vanilla", "value", "qq", "kk", "csa"]
@@ -373,6 +373,34 @@ def test_frozen_weights_are_unused_and_trainable_ones_learn(clip):
         after = dense(images)
     torch.testing.assert_close(after.content, before.content)
     torch.testing.assert_close(after.context, before.context)
+
+
+@pytest.mark.parametrize("mode,proj", [("qq", "q"), ("kk", "k"), ("qq", "qk"), ("csa", "q"), ("value", "q")])
+def test_unused_fused_rows_are_the_unread_projection(clip, mode, proj):
+    """The rows named for pinning are exactly the unread Q or K rows of a fused tensor: changing them leaves
+    the decoupled output alone, and there are none where the tower keeps separate projections."""
+    model = copy.deepcopy(clip)
+    pins = unused_fused_rows(model, mode, proj)
+    fused = last_block(model).attn
+    fused = getattr(fused, "in_proj_weight", None) is not None or getattr(fused, "qkv", None) is not None
+    if not fused or (mode, proj) not in {("qq", "q"), ("kk", "k")}:
+        assert pins == []
+        return
+    width = pins[0][0].shape[0] // 3
+    assert pins[0][1] == (slice(width, 2 * width) if mode == "qq" else slice(0, width))
+    dense = DenseCLIP(model, dense_mode=mode, context_proj=proj)
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = dense(images)
+        for p, rows in pins:
+            p[rows] += 1.0
+        after = dense(images)
+        for p, rows in pins:  # a row outside the slice is read
+            p[(rows.start + width) % (3 * width)] += 1.0
+        moved = dense(images)
+    torch.testing.assert_close(after.content, before.content)
+    torch.testing.assert_close(after.context, before.context)
+    assert not torch.allclose(moved.content, before.content)
 
 
 def test_grad_checkpointing_gives_the_same_gradients(clip):

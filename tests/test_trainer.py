@@ -175,6 +175,11 @@ def test_saved_model_is_the_weight_space_ensemble(world, tmp_path):
     torch.testing.assert_close(saved[key], a * captured[key] + (1 - a) * original[key])
     assert not torch.equal(saved[key], original[key])
     assert torch.equal(saved["visual.proj"], original["visual.proj"])  # frozen weights are unchanged
+    # q-q with Q context never reads the last block's K rows; weight decay must not shrink them either.
+    last = "visual.transformer.resblocks.1.attn.in_proj_weight"
+    width = saved[last].shape[0] // 3
+    assert torch.equal(captured[last][width:2 * width], original[last][width:2 * width])
+    assert not torch.equal(captured[last][:width], original[last][:width])
 
 
 def test_kill_and_resume_is_bit_identical(world, tmp_path):

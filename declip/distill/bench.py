@@ -104,7 +104,7 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     from declip.config import variant_method
     from declip.device import pick_device
     from declip.distill.trainer import (OnlineTeachers, PhaseTimer, StepContext, amp_setup, build_models,
-                                        param_groups, train_step)
+                                        param_groups, pinned_rows, train_step)
 
     method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
     dcfg = cfg["distill"]
@@ -114,7 +114,7 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     micro = dcfg["per_device_batch"] or batch_size
     accum = max(1, batch_size // micro)
 
-    clip, student, teacher, _ = build_models(cfg, method, dev, random_weights=random_weights)
+    clip, student, teacher, original = build_models(cfg, method, dev, random_weights=random_weights)
     teachers = OnlineTeachers(cfg, method, dev)
     optimizer = torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"],
                                   betas=tuple(dcfg["betas"]), eps=dcfg["eps"])
@@ -123,7 +123,8 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     batches = [synthetic_batch(micro, cfg["student"]["image_size"], g) for _ in range(accum)]
     ctx = StepContext(student=student, teacher=teacher, teachers=teachers, optimizer=optimizer, method=method,
                       student_cfg=cfg["student"], device=dev, image_ids=[str(i) for i in range(micro)],
-                      seed=cfg["seed"], batch_size=batch_size, micro_batch=micro, amp_dtype=amp_dtype, scaler=scaler)
+                      seed=cfg["seed"], batch_size=batch_size, micro_batch=micro, amp_dtype=amp_dtype, scaler=scaler,
+                      pinned=pinned_rows(clip, original, method))
     for step in range(warmup):
         train_step(ctx, step, batches)
 

@@ -47,6 +47,16 @@ def build_models(cfg: dict, method: dict, device, random_weights: bool = False):
     return clip, student, teacher, original
 
 
+def pinned_rows(clip, original, method: dict) -> list[tuple]:
+    """(student tensor, original tensor, rows): fused q/k/v rows the decoupled block never reads, held at the
+    original's values after every step (`declip.models.dense.unused_fused_rows`)."""
+    from declip.models.dense import unused_fused_rows
+
+    args = (method["dense_mode"], method["context_proj"])
+    return [(p, ref, rows) for (p, rows), (ref, _) in
+            zip(unused_fused_rows(clip, *args), unused_fused_rows(original, *args))]
+
+
 def param_groups(model, weight_decay: float) -> list[dict]:
     """Two AdamW groups: decay for matrices, none for biases, norms and 1-d params (CLIPSelf / code)."""
     decay, no_decay = [], []
@@ -193,6 +203,7 @@ class StepContext:
     world_size: int = 1
     amp_dtype: object = None
     scaler: object = None
+    pinned: list = field(default_factory=list)  # pinned_rows(...)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
 
@@ -245,6 +256,9 @@ def train_step(ctx: StepContext, step: int, micro_batches: list) -> dict:
         else:
             ctx.optimizer.step()
         ctx.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, ref, rows in ctx.pinned:
+                p[rows] = ref[rows]
     return sums
 
 
@@ -449,7 +463,8 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     ctx = StepContext(student=model, teacher=teacher, teachers=teachers, optimizer=optimizer, method=method,
                       student_cfg=cfg["student"], device=dev, image_ids=[i for i, _ in items], seed=cfg["seed"],
                       batch_size=batch_size, micro_batch=micro, rank=dist_env.rank,
-                      world_size=dist_env.world_size, amp_dtype=amp_dtype, scaler=scaler)
+                      world_size=dist_env.world_size, amp_dtype=amp_dtype, scaler=scaler,
+                      pinned=pinned_rows(clip, original, method))
     last = {}
     log_time, log_images = time.time(), 0
     bar = tqdm(total=steps, initial=start_step, desc=f"distill {variant}", disable=not dist_env.main, unit="step")

@@ -149,6 +149,10 @@ class _PlainTower:
     k_names = ()
     fused_qk = True
 
+    def fused_qkv(self, blk) -> list:
+        """Tensors whose rows are [Q; K; V] (width rows each)."""
+        return [p for p in (blk.attn.in_proj_weight, blk.attn.in_proj_bias) if p is not None]
+
 
 class _EvaTower:
     """open_clip `TimmModel` whose trunk is a timm `Eva` (EVA02-CLIP)."""
@@ -185,6 +189,11 @@ class _EvaTower:
     @property
     def blocks(self):
         return self.trunk.blocks
+
+    def fused_qkv(self, blk) -> list:
+        """Tensors whose rows are [Q; K; V]; Eva keeps its q/v biases apart (k has none)."""
+        a = blk.attn
+        return [p for p in (a.qkv.weight, a.qkv.bias) if p is not None] if a.qkv is not None else []
 
     def embed(self, images):
         t = self.trunk
@@ -358,7 +367,8 @@ def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_p
     decoupled modes, the last-block weights the decoupled block no longer uses: FFN, norm2, and the
     projection neither the attention nor the context uses (K in q-q mode with Q context; Q in k-k mode
     with K context). Fused in_proj / qkv layouts (OpenAI ViTs, fused timm Eva) keep Q and K in one tensor,
-    which stays trainable: the unused rows then get exactly zero gradient.
+    which stays trainable: the unused rows get exactly zero gradient, and `unused_fused_rows` names them
+    so the trainer can undo AdamW's weight decay on them.
     """
     _check_choice(dense_mode, MODES, "method.dense_mode")
     _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
@@ -384,3 +394,20 @@ def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_p
             if name.startswith(tuple(frozen)):
                 p.requires_grad_(False)
     return sorted(name for name, p in clip.named_parameters() if p.requires_grad)
+
+
+def unused_fused_rows(clip, dense_mode: str, context_proj: str = "q") -> list[tuple]:
+    """(tensor, row slice) pairs of the last block's fused q/k/v tensors that `set_trainable` would freeze if
+    they were separate (K in q-q mode with Q context, Q in k-k mode with K context). They get no gradient,
+    but decoupled weight decay (AdamW) still shrinks them, which would change the vanilla forward of the
+    saved model; the trainer copies them back from the original after every step."""
+    if dense_mode not in DECOUPLED_MODES:
+        return []
+    tw = tower(clip.visual)
+    if dense_mode == "qq" and context_proj == "q":
+        rows = slice(tw.width, 2 * tw.width)
+    elif dense_mode == "kk" and context_proj == "k":
+        rows = slice(0, tw.width)
+    else:
+        return []
+    return [(p, rows) for p in tw.fused_qkv(tw.blocks[-1])]
