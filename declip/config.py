@@ -193,13 +193,14 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return Path(path).absolute()
 
 
-# Which config sections a job's verb reads; the slice is the job's MLflow params and its rerun trigger.
+# Which config sections a job's verb reads: the slice is the job's MLflow params and, through
+# `rerun_key`, its rerun trigger.
 RULE_SECTIONS = {
-    "dataset_mini2d": ["seed", "mini", "datasets"],
-    "dataset_mini3d": ["seed", "mini", "datasets"],
-    "download": ["datasets"],
-    "pretrain": ["seed", "mini", "student", "datasets"],
-    "teachers": ["seed", "student", "teachers", "datasets", "distill"],
+    "dataset_mini2d": ["seed", "mini.world2d", "datasets"],
+    "dataset_mini3d": ["seed", "mini.world3d", "datasets"],
+    "download": [],
+    "pretrain": ["seed", "mini.pretrain", "student", "datasets"],
+    "teachers": ["seed", "student", "teachers", "datasets"],
     "distill": ["seed", "student", "method", "teachers", "distill", "datasets"],
     "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
@@ -213,7 +214,12 @@ RULE_SECTIONS = {
 def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> dict:
     """Everything a `declip <verb> --job JSON` call needs: the resolved config slice and tracking tags."""
     sections = RULE_SECTIONS.get(rule, list(config))
-    cfg = {k: copy.deepcopy(config[k]) for k in sections if k in config}
+    cfg = {}
+    for section in sections:  # "a.b" takes one sub-section
+        top, _, sub = section.partition(".")
+        if top in config and (not sub or sub in config[top]):
+            value = copy.deepcopy(config[top][sub] if sub else config[top])
+            cfg[top] = {**cfg.get(top, {}), sub: value} if sub else value
     cfg["preset"] = config["preset"]
     cfg["paths"] = copy.deepcopy(config["paths"])
     variant = wildcards.get("variant", "")
@@ -234,6 +240,17 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
     }
 
 
+def rerun_key(config: dict, rule: str, wildcards: dict) -> str:
+    """Hash of what a job reads, for Snakemake's params rerun trigger: its config slice, with `datasets`
+    narrowed to the job's own dataset (editing another dataset's entry must not rerun it). Tracking tags
+    and output paths stay out (Snakemake does not compare params that read `output`)."""
+    spec = job_spec(config, rule, wildcards, [])
+    cfg = spec["config"]
+    if spec["dataset"] in cfg.get("datasets", {}):
+        cfg["datasets"] = {spec["dataset"]: cfg["datasets"][spec["dataset"]]}
+    return config_hash(cfg)
+
+
 def _rule_dataset(config: dict, rule: str) -> str:
     ev = config["evaluate"]
     return {
@@ -244,6 +261,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "distill": config["distill"]["dataset"],
         "evaluate_regionclf": ev["regionclf"]["dataset"],
         "evaluate_ov3d": ev["ov3d"]["dataset"],
+        "figures": ev["regionclf"]["dataset"],
     }.get(rule, "")
 
 

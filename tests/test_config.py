@@ -27,6 +27,7 @@ def test_paper_presets_are_full_scale(preset):
     assert cfg["teachers"]["sd"]["tiny"] is None and cfg["teachers"]["sd"]["resolution"] == 512
     assert cfg["distill"]["dataset"] == "coco_train2017" and cfg["distill"]["max_steps"] is None
     assert len(cfg["evaluate"]["tfseg"]["benchmarks"]) == 8
+    assert cfg["teachers"]["num_workers"] > 0 and cfg["distill"]["num_workers"] > 0  # mini's 0 must not leak
 
 
 def test_paper_b16_method_and_optimiser_equal_schema_defaults():

@@ -72,3 +72,19 @@ def test_rerun_leaves_one_active_run_per_job(workdir):
     _run(workdir, "--forcerun", "pretrain")
     children = [r for r in _active_runs(workdir) if r.data.tags.get("declip.rule") == "pretrain"]
     assert len(children) == 1
+
+
+def _dry_run(workdir, *config):
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "-n", "--cores", "1",
+           "--config", *config, "tables={report: ''}", "--", *TARGETS]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_a_changed_parameter_reruns_exactly_the_jobs_that_read_it(workdir):
+    assert "Nothing to be done" in _dry_run(workdir, SMALL)
+    out = _dry_run(workdir, SMALL.replace("warmup_steps: 2", "warmup_steps: 3"))  # read by pretrain only
+    assert "rule pretrain:" in out and "rule dataset_mini2d:" not in out
+    # Another dataset's entry is not part of what the mini2d jobs read.
+    assert "Nothing to be done" in _dry_run(workdir, SMALL, "datasets={mini3d: {root: data/elsewhere}}")

@@ -82,7 +82,7 @@ def test_figures_cli_draws_pngs_for_decoupled_and_clip_variants(tiny_world, tmp_
 
     cfg, root, index = tiny_world
     monkeypatch.chdir(tmp_path)  # relative outputs (text-embedding cache) stay in the test folder
-    common = ["--checkpoint", str(root / "clip.pt"), "--data", str(root / "mini2d" / "MANIFEST.json"),
+    common = ["--checkpoint", str(root / "clip.pt"), "--data", str(root / "mini2d"),
               "--dataset", "mini2d_val", "--teachers", str(index), "--num-images", "1"]
     res = _run_cli(cfg, ["--variant", "declip", *common, "--out-dir", str(tmp_path / "declip")])
     names = sorted(p.rsplit("/", 1)[-1] for p in res["artifacts"])

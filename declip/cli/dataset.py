@@ -16,8 +16,7 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("download", help="Download and verify a full-scale dataset or weights from its manifest.")
     p.add_argument("--dataset", required=True, help="Manifest name (workflow/manifests/<name>.yaml) or a manifest path.")
     p.add_argument("--out", required=True, help="Marker JSON written when every file is verified (the rule's output).")
-    p.add_argument("--root", default=None,
-                   help="Where the files go; default: config datasets.<name>.root, else the manifest's root.")
+    p.add_argument("--root", default=None, help="Where the files go (default: the manifest's root).")
     p.set_defaults(_sub=download)
     for p in sub.choices.values():  # let --job/--configfile also follow the sub-verb, without clobbering them
         p.add_argument("--job", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -47,8 +46,7 @@ def mini3d(args, cfg) -> dict:
 def download(args, cfg) -> dict:
     from declip.data.download import download_dataset
 
-    root = args.root or cfg.get("datasets", {}).get(args.dataset, {}).get("root")
-    result = download_dataset(args.dataset, root, args.out)
+    result = download_dataset(args.dataset, args.root, args.out)
     files = result["files"]
     return {"metrics": {"files": len(files), "bytes": sum(f.get("size", 0) for f in files),
                         "published_checksums": sum(f.get("verified", "").startswith("published") for f in files)},

@@ -208,8 +208,7 @@ def make_figures(cfg: dict, variant: str, checkpoint: str | None, dataset: str, 
         raise UserFacingError(f"dataset {dataset!r} is not in `datasets`; allowed: {', '.join(sorted(cfg['datasets']))}")
     spec = dict(cfg["datasets"][dataset])
     if data_root:
-        root = Path(data_root)
-        spec["root"] = str(root.parent if root.name == "MANIFEST.json" else root)
+        spec["root"] = str(data_root)
     out_dir = Path(out_dir)
     cache = TeacherCache(teachers_index)
     if cache.kind != "tokens":

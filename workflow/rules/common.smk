@@ -5,7 +5,7 @@ import json
 
 from declip.tables.registry import table_ids
 
-from declip.config import ConfigError, canonical_variant, job_spec, validate, variant_method
+from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, validate, variant_method
 
 try:
     validate(config)
@@ -40,6 +40,12 @@ def job(rule_name):
         return json.dumps(spec, sort_keys=True)
 
     return _spec
+
+
+def conf(rule_name):
+    """params function: hash of the job's config slice, so a changed parameter reruns the jobs that read it
+    (`job` reads `output`, and such params are not compared by Snakemake)."""
+    return lambda wildcards: rerun_key(config, rule_name, dict(wildcards.items()))
 
 
 def dataset_marker(name):

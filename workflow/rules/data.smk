@@ -12,6 +12,7 @@ rule dataset_mini2d:
         f"{config['datasets']['mini2d']['root']}/MANIFEST.json",
     params:
         job=job("dataset_mini2d"),
+        conf=conf("dataset_mini2d"),
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini2d"),
@@ -30,6 +31,7 @@ rule dataset_mini3d:
         f"{config['datasets']['mini3d']['root']}/MANIFEST.json",
     params:
         job=job("dataset_mini3d"),
+        conf=conf("dataset_mini3d"),
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini3d"),
@@ -48,6 +50,7 @@ rule download:
         f"{P['data']}/.downloads/{{manifest}}.json",
     params:
         job=job("download"),
+        conf=conf("download"),
     log:
         logfile("download/{manifest}"),
     threads: 1
@@ -72,6 +75,7 @@ rule manual_dataset:
         f"{P['data']}/.downloads/{{manifest}}.manual.json",
     params:
         job=job("download"),
+        conf=conf("download"),
     log:
         logfile("download/{manifest}.manual"),
     threads: 1
@@ -94,6 +98,7 @@ if MINI:
             metrics=os.path.join(os.path.dirname(config["student"]["checkpoint"]), "pretrain_metrics.json"),
         params:
             job=job("pretrain"),
+            conf=conf("pretrain"),
         log:
             logfile("pretrain"),
         benchmark:

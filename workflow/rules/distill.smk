@@ -13,6 +13,7 @@ rule distill:
         losses=f"{R}/distill/{{variant}}/losses.jsonl",
     params:
         job=job("distill"),
+        conf=conf("distill"),
         launcher=distill_launcher,
         teachers=lambda w, input: ("--teachers " + " ".join(input.teachers)) if input.teachers else "",
     log:

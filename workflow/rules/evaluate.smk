@@ -7,6 +7,7 @@ rule evaluate_regionclf:
         f"{R}/eval/regionclf/{{dataset}}/{{variant}}/metrics.json",
     params:
         job=job("evaluate_regionclf"),
+        conf=conf("evaluate_regionclf"),
         ckpt=lambda w: variant_checkpoint(w.variant),
         root=lambda w: config["datasets"][w.dataset]["root"],
     log:
@@ -30,6 +31,7 @@ rule evaluate_tfseg:
         f"{R}/eval/tfseg/{{benchmark}}/{{variant}}/metrics.json",
     params:
         job=job("evaluate_tfseg"),
+        conf=conf("evaluate_tfseg"),
         ckpt=lambda w: variant_checkpoint(w.variant),
         root=lambda w: config["datasets"][w.benchmark]["root"],
     log:
@@ -53,6 +55,7 @@ rule evaluate_ov3d:
         f"{R}/eval/ov3d/{{host}}/{{mode}}/{{variant}}/metrics.json",
     params:
         job=job("evaluate_ov3d"),
+        conf=conf("evaluate_ov3d"),
         ckpt=lambda w: variant_checkpoint(w.variant),
         root=lambda w: config["datasets"][EV["ov3d"]["dataset"]]["root"],
     log:

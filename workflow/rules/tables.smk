@@ -12,6 +12,7 @@ rule tables:
         md=[f"{R}/tables/{t}.md" for t in TABLE_IDS],
     params:
         job=job("tables"),
+        conf=conf("tables"),
         metrics=lambda w: f"{R}/eval",
         out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
@@ -36,6 +37,7 @@ rule table2:
         md=f"{R}/tables/table2.md",
     params:
         job=job("table2"),
+        conf=conf("table2"),
         metrics=lambda w: f"{R}/eval",
         out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
@@ -67,8 +69,9 @@ rule figures:
         ),
     params:
         job=job("figures"),
+        conf=conf("figures"),
         ckpt=lambda w: variant_checkpoint(w.variant),
-        root=lambda w, input: os.path.dirname(input.data),
+        root=config["datasets"][EV["regionclf"]["dataset"]]["root"],
         dataset=EV["regionclf"]["dataset"],
     log:
         logfile("figures/{variant}"),

@@ -10,6 +10,7 @@ rule teachers:
         teacher_index("{dataset}", "{teacher}"),
     params:
         job=job("teachers"),
+        conf=conf("teachers"),
         teacher=lambda w: "sd" if w.teacher == "sd" else f"vfm:{w.teacher}",
     log:
         logfile("teachers/{dataset}-{teacher}"),
