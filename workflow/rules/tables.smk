@@ -71,7 +71,7 @@ rule figures:
         job=job("figures"),
         conf=conf("figures"),
         ckpt=lambda w: variant_checkpoint(w.variant),
-        root=config["datasets"][EV["regionclf"]["dataset"]]["root"],
+        root=lambda w: config["datasets"][EV["regionclf"]["dataset"]]["root"],
         dataset=EV["regionclf"]["dataset"],
     log:
         logfile("figures/{variant}"),
