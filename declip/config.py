@@ -6,6 +6,7 @@ Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,13 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load_schema() -> dict:
-    with open(SCHEMA_PATH) as f:
+    """The config schema (a private copy: callers may fill or edit it)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.cache
+def _parsed_schema() -> dict:
+    with open(SCHEMA_PATH) as f:  # parsed once per process: every `declip` call builds its parser from it
         return yaml.safe_load(f)
 
 
@@ -185,6 +192,29 @@ def canonical_variant(config: dict, variant: str) -> str:
         if variant_method(config, other) == method:
             return other
     return variant
+
+
+def git_sha() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def dataset_spec(cfg: dict, name: str, root: str | os.PathLike | None = None) -> dict:
+    """A copy of `datasets.<name>`, its root replaced by `root` when given (a verb's --data)."""
+    from declip.errors import UserFacingError
+
+    if name not in cfg.get("datasets", {}):
+        raise UserFacingError(f"dataset {name!r} is not in `datasets`; allowed values: {', '.join(sorted(cfg.get('datasets', {})))}")
+    spec = dict(cfg["datasets"][name])
+    if root:
+        spec["root"] = str(root)
+    return spec
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

@@ -11,11 +11,10 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 
-from declip.config import ROOT
+from declip.config import ROOT, git_sha
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,6 @@ def tracking_uri(tracking_cfg: dict | None = None) -> str:
     if tracking_cfg and tracking_cfg.get("uri"):
         return tracking_cfg["uri"]
     return f"sqlite:///{(ROOT / 'mlflow.db').resolve()}"
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _client(tracking_cfg: dict):
@@ -75,7 +66,7 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
             exp_id,
             run_name=f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}",
             tags={"declip.invocation": "snakemake", "declip.preset": config.get("preset", ""),
-                  "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha()},
+                  "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha() or "unknown"},
         )
         os.environ[PARENT_ENV] = run.info.run_id
         log.info("MLflow: parent run %s at %s", run.info.run_id, tracking_uri(cfg))
@@ -154,7 +145,7 @@ def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> 
         client.delete_run(old.info.run_id)  # soft delete: the newer run supersedes it
 
     tags = {f"declip.{k}": str(job.get(k, "")) for k in TAG_KEYS}
-    tags.update({"declip.git_sha": git_sha(), "declip.preset": job.get("preset", ""), "mlflow.runName": key})
+    tags.update({"declip.git_sha": git_sha() or "unknown", "declip.preset": job.get("preset", ""), "mlflow.runName": key})
     parent = os.environ.get(PARENT_ENV)
     if parent:
         tags["mlflow.parentRunId"] = parent

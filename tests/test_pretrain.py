@@ -64,7 +64,7 @@ def test_short_pretraining_saves_and_reloads_identically(tiny_world, tmp_path):
     torch.set_num_threads(1)
     cfg = config.load(overrides={"mini": {"world2d": WORLD, "pretrain": SHORT}})
     out = tmp_path / "mini" / "tiny.pt"
-    metrics = P.pretrain(cfg, tiny_world / "MANIFEST.json", out, threads=1)
+    metrics = P.pretrain(cfg, tiny_world / "MANIFEST.json", out)
     assert metrics["steps"] == 3 and out.exists()
     written = json.loads((tmp_path / "mini" / "pretrain_metrics.json").read_text())
     assert written["zero_shot_acc"] == metrics["zero_shot_acc"] and written["steps"] == 3
@@ -80,7 +80,7 @@ def test_accuracy_below_threshold_fails(tiny_world, tmp_path):
     # Accuracy is at most 100 %, so a threshold above 1.0 must fail after the step has saved its metrics.
     cfg = config.load(overrides={"mini": {"world2d": WORLD, "pretrain": {**SHORT, "steps": 1, "min_zero_shot_acc": 1.01}}})
     with pytest.raises(UserFacingError, match="min_zero_shot_acc"):
-        P.pretrain(cfg, tiny_world, tmp_path / "t.pt", threads=1)
+        P.pretrain(cfg, tiny_world, tmp_path / "t.pt")
     assert (tmp_path / "pretrain_metrics.json").exists()
 
 

@@ -24,14 +24,12 @@ def dataset_items(cfg: dict, data: str) -> list:
     """(image_id, path) of the distillation images: `distill.dataset`'s split, or the folder given as --data."""
     from pathlib import Path
 
-    from declip.config import resolve_path
+    from declip.config import dataset_spec, resolve_path
     from declip.data.images import IMAGE_SUFFIXES, list_images
     from declip.errors import UserFacingError
 
     name = cfg["distill"]["dataset"]
-    if name not in cfg["datasets"]:
-        raise UserFacingError(f"config key `distill.dataset`: {name!r} is not in `datasets`")
-    spec = dict(cfg["datasets"][name])
+    spec = dataset_spec(cfg, name)
     path = resolve_path(data)
     if path.is_dir():
         has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())

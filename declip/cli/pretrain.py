@@ -11,14 +11,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None,
                         help="Checkpoint to write (open_clip layout); default: config key student.checkpoint. "
                              "pretrain_metrics.json is written next to it.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the rule passes Snakemake's {threads}).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (the rule passes Snakemake's {threads}; default: torch's choice).")
 
 
 def run(args, cfg) -> dict:
     from declip.models.pretrain import pretrain
 
     out = args.out or cfg["student"]["checkpoint"]
-    metrics = pretrain(cfg, args.data, out, threads=args.threads)
+    metrics = pretrain(cfg, args.data, out)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     numbers.update({f"zero_shot_acc/{name}": acc for name, acc in metrics["per_class"].items()})
     return {"metrics": numbers, "artifacts": [str(Path(metrics["checkpoint"]).parent / "pretrain_metrics.json")]}

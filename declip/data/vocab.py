@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from declip.data.scannet200 import ID_OF
+
 
 @dataclass(frozen=True)
 class Category:
@@ -20,20 +22,24 @@ class Category:
     color: tuple[int, int, int]
     shape: str  # 2D: circle|square|triangle|star|ring|diamond|cross|hexagon|rect_wide|rect_tall; stuff: texture
     primitive: str | None = None  # 3D: box|cylinder|sphere|cone|flat_box|tall_box|tall_cylinder
-    scannet_id: int | None = None  # ScanNet200 label id (things only)
+
+    @property
+    def scannet_id(self) -> int | None:
+        """ScanNet200 label id of a thing (None for stuff)."""
+        return ID_OF[self.name] if self.isthing else None
 
 
 THINGS: tuple[Category, ...] = (
-    Category(1, "chair", True, (220, 30, 30), "square", "box", 2),
-    Category(2, "table", True, (140, 90, 40), "rect_wide", "flat_box", 4),
-    Category(3, "lamp", True, (250, 220, 40), "triangle", "cone", 28),
-    Category(4, "bottle", True, (40, 180, 60), "rect_tall", "tall_cylinder", 65),
-    Category(5, "bucket", True, (40, 80, 230), "circle", "cylinder", 102),
-    Category(6, "clock", True, (245, 245, 245), "ring", "cylinder", 103),
-    Category(7, "ball", True, (255, 140, 0), "hexagon", "sphere", 168),
-    Category(8, "fire extinguisher", True, (200, 40, 200), "diamond", "tall_cylinder", 166),
-    Category(9, "backpack", True, (30, 200, 200), "cross", "box", 48),
-    Category(10, "pillow", True, (255, 170, 200), "star", "flat_box", 13),
+    Category(1, "chair", True, (220, 30, 30), "square", "box"),
+    Category(2, "table", True, (140, 90, 40), "rect_wide", "flat_box"),
+    Category(3, "lamp", True, (250, 220, 40), "triangle", "cone"),
+    Category(4, "bottle", True, (40, 180, 60), "rect_tall", "tall_cylinder"),
+    Category(5, "bucket", True, (40, 80, 230), "circle", "cylinder"),
+    Category(6, "clock", True, (245, 245, 245), "ring", "cylinder"),
+    Category(7, "ball", True, (255, 140, 0), "hexagon", "sphere"),
+    Category(8, "fire extinguisher", True, (200, 40, 200), "diamond", "tall_cylinder"),
+    Category(9, "backpack", True, (30, 200, 200), "cross", "box"),
+    Category(10, "pillow", True, (255, 170, 200), "star", "flat_box"),
 )
 
 STUFF: tuple[Category, ...] = (

@@ -104,20 +104,19 @@ def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: i
     from declip.config import variant_method
     from declip.device import pick_device
     from declip.distill.trainer import (OnlineTeachers, PhaseTimer, StepContext, amp_setup, build_models,
-                                        param_groups, pinned_rows, train_step)
+                                        make_optimizer, micro_batch, pinned_rows, train_step)
 
     method = variant_method(cfg, variant) if "variant_presets" in cfg else cfg["method"]
     dcfg = cfg["distill"]
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     batch_size = dcfg["batch_size"]
-    micro = dcfg["per_device_batch"] or batch_size
-    accum = max(1, batch_size // micro)
+    micro = micro_batch(dcfg, 1)
+    accum = batch_size // micro
 
     clip, student, teacher, original = build_models(cfg, method, dev, random_weights=random_weights)
     teachers = OnlineTeachers(cfg, method, dev)
-    optimizer = torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"],
-                                  betas=tuple(dcfg["betas"]), eps=dcfg["eps"])
+    optimizer = make_optimizer(clip, dcfg)
     amp_dtype, scaler = amp_setup(dev, dcfg["precision"])
     g = torch.Generator().manual_seed(cfg["seed"])
     batches = [synthetic_batch(micro, cfg["student"]["image_size"], g) for _ in range(accum)]

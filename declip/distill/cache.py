@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from declip.config import resolve_path
+from declip.config import dataset_spec, resolve_path
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,6 @@ class OnlineTeacher:
             return self.model.tokens(images01, self.grid)
         return self.model.affinity(images01, self.grid)
 
-    __call__ = get
-
 
 # ---------------------------------------------------------------------------------------------------
 # Storage
@@ -188,12 +186,11 @@ def extract(cfg: dict, dataset: str, teacher: str, out_index: str | Path, device
 
     from declip.data.images import list_images, load_image
 
-    if dataset not in cfg["datasets"]:
-        raise UserFacingError(f"unknown dataset {dataset!r}; allowed values: {', '.join(sorted(cfg['datasets']))}")
+    spec = dataset_spec(cfg, dataset)
     out_index = resolve_path(out_index)
     folder = out_index.parent
     folder.mkdir(parents=True, exist_ok=True)
-    items = list_images(cfg["datasets"][dataset])
+    items = list_images(spec)
     ids = [i for i, _ in items]
     tcfg = cfg["teachers"]
     kind, _ = parse_teacher(cfg, teacher)
@@ -315,9 +312,6 @@ class TeacherCache:
         self._open: OrderedDict[int, object] = OrderedDict()
         self._pid = os.getpid()
 
-    def __len__(self):
-        return len(self.position)
-
     def __contains__(self, image_id):
         return image_id in self.position
 
@@ -355,8 +349,3 @@ class TeacherCache:
         import torch
 
         return torch.stack([self._one(i) for i in image_ids])
-
-    def close(self):
-        for handle in self._open.values():
-            handle.close()
-        self._open.clear()

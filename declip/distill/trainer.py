@@ -15,13 +15,13 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from declip.config import ROOT, config_hash
+from declip.config import config_hash, git_sha
 from declip.distill.losses import needs
+from declip.models.clip import param_groups
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,22 @@ def pinned_rows(clip, original, method: dict) -> list[tuple]:
             zip(unused_fused_rows(clip, *args), unused_fused_rows(original, *args))]
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay for matrices, none for biases, norms and 1-d params (CLIPSelf / code)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        flat = p.ndim < 2 or name.endswith(".bias") or "norm" in name or ".ln_" in name or name.startswith("ln_")
-        (no_decay if flat else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(clip, dcfg: dict):
+    """AdamW over the two parameter groups (method.md section 5)."""
+    import torch
+
+    return torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"], betas=tuple(dcfg["betas"]),
+                             eps=dcfg["eps"])
+
+
+def micro_batch(dcfg: dict, world_size: int) -> int:
+    """Images per forward on one process; the step's `distill.batch_size` must split into whole micro-batches."""
+    batch_size = dcfg["batch_size"]
+    micro = dcfg["per_device_batch"] or max(1, batch_size // world_size)
+    if batch_size % (micro * world_size):
+        raise UserFacingError(f"distill.batch_size {batch_size} is not a multiple of per_device_batch {micro} x "
+                              f"{world_size} processes; change `distill.per_device_batch`")
+    return micro
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
@@ -101,21 +108,17 @@ class CachedTeachers:
 
         self.vfm = self.sd = None
         for path in index_paths:
-            path = Path(path)
-            if not path.exists():
-                raise UserFacingError(f"teacher cache index {path} does not exist: run `declip teachers` (the `teachers` rule) first")
-            info = json.loads(path.read_text())
-            if info.get("kind") == "tokens":
-                name = str(info.get("teacher", "")).split(":")[-1]
-                if name and name != method["vfm"]:
-                    continue
-                self.vfm = TeacherCache(path)
-            elif info.get("kind") == "affinity":
-                self.sd = TeacherCache(path)
-            if tuple(info.get("grid", grid)) != tuple(grid):
+            cache = TeacherCache(path)
+            if cache.kind == "tokens" and cache.teacher.split(":")[-1] != method["vfm"]:
+                continue
+            if cache.grid != tuple(grid):
                 raise UserFacingError(
-                    f"teacher cache {path} has grid {info.get('grid')} but the student's token grid is {list(grid)}: "
+                    f"teacher cache {path} has grid {list(cache.grid)} but the student's token grid is {list(grid)}: "
                     "re-extract the cache with the same `student.image_size`")
+            if cache.kind == "tokens":
+                self.vfm = cache
+            else:
+                self.sd = cache
         need = needs(method)
         for kind, have in (("vfm", self.vfm), ("sd", self.sd)):
             if need[kind] and have is None:
@@ -343,9 +346,10 @@ def init_distributed(device_arg: str):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from declip.device import pick_device
 
-    use_cuda = pick_device(device_arg).type == "cuda"
+    device = pick_device(device_arg)
+    use_cuda = device.type == "cuda"
     if world <= 1:
-        return Dist(), pick_device(device_arg)
+        return Dist(), device
     import torch.distributed as dist
 
     d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -369,14 +373,6 @@ def amp_setup(device, precision: str):
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def distill_hash(cfg: dict, method: dict) -> str:
     """Config hash of everything a distillation reads (the resolved method included)."""
     from declip.config import RULE_SECTIONS
@@ -398,6 +394,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     import torch
     from tqdm import tqdm
 
+    from declip.distill.cache import student_grid
     from declip.distill.data import LetterboxDataset, StepBatchSampler, collate, total_steps
 
     if not method["train"]:
@@ -418,15 +415,11 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     losses_path = out_dir / "losses.jsonl"
 
     batch_size = dcfg["batch_size"]
-    micro = dcfg["per_device_batch"] or max(1, batch_size // dist_env.world_size)
-    if batch_size % (micro * dist_env.world_size):
-        raise UserFacingError(f"distill.batch_size {batch_size} is not a multiple of per_device_batch {micro} x "
-                              f"{dist_env.world_size} processes; change `distill.per_device_batch`")
+    micro = micro_batch(dcfg, dist_env.world_size)
     steps = total_steps(dcfg["epochs"], len(items), batch_size, dcfg["max_steps"])
 
     clip, student, teacher, original = build_models(cfg, method, dev)
-    patch = student.patch_size
-    grid = (cfg["student"]["image_size"] // patch,) * 2
+    grid = student_grid(cfg["student"])
     if cfg["teachers"]["cache_mode"] == "cached":
         teachers = CachedTeachers(teacher_indexes or [], method, grid)
     else:
@@ -436,8 +429,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
         model = torch.nn.parallel.DistributedDataParallel(
             student, device_ids=[dist_env.local_rank] if dev.type == "cuda" else None)
 
-    optimizer = torch.optim.AdamW(param_groups(clip, dcfg["weight_decay"]), lr=dcfg["lr"],
-                                  betas=tuple(dcfg["betas"]), eps=dcfg["eps"])
+    optimizer = make_optimizer(clip, dcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, dcfg["warmup_steps"], dcfg["schedule"]))
     amp_dtype, scaler = amp_setup(dev, dcfg["precision"])

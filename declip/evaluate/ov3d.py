@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from declip.config import resolve_path
+from declip.config import dataset_spec, resolve_path
 from declip.data import scannet
 from declip.data.scannet200 import CLASS_IDS, CLASS_NAMES
 from declip.errors import UserFacingError
@@ -200,9 +200,9 @@ def main(args, cfg) -> dict:
         raise UserFacingError(f"--host {host!r} is not allowed; use one of {', '.join(scannet.HOSTS)}")
     if mode not in MODES:
         raise UserFacingError(f"--mode {mode!r} is not allowed; use one of {', '.join(MODES)}")
-    root = resolve_path(args.data or cfg["datasets"][ocfg["dataset"]]["root"])
+    root = resolve_path(dataset_spec(cfg, ocfg["dataset"], args.data)["root"])
     scenes = scannet.list_scenes(root)
-    device = pick_device(getattr(args, "device", "auto") or "auto")
+    device = pick_device(args.device)
     model = load_eval_model(cfg, args.variant, args.checkpoint, device, cfg["method"]["dense_mode"])
     text = class_text_features(model, ocfg["prompt"])
     out_path = Path(args.out)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from declip.data.render3d import world_to_camera
+
 
 def project(points: np.ndarray, pose: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel coordinates (u, v) rounded to the nearest pixel centre, and camera depth z, of world points
     for a camera-to-world `pose` (x right, y down, z forward)."""
-    cam = (points - pose[:3, 3]) @ pose[:3, :3]
+    cam = world_to_camera(points, pose)
     z = cam[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.rint(K[0, 0] * cam[:, 0] / z + K[0, 2])

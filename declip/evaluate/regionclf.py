@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from declip.config import dataset_spec
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -216,12 +217,7 @@ def main(args, cfg: dict) -> dict:
     from declip.evaluate.text import load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
-    name = args.dataset or settings["dataset"]
-    if name not in cfg["datasets"]:
-        raise UserFacingError(f"dataset {name!r} is not in `datasets`; allowed: {', '.join(sorted(cfg['datasets']))}")
-    spec = dict(cfg["datasets"][name])
-    if args.data:
-        spec["root"] = args.data
+    spec = dataset_spec(cfg, args.dataset or settings["dataset"], args.data)
     dataset = read_panoptic(*panoptic_paths(spec))
     dense_mode = settings.get("dense_mode") or cfg["method"]["dense_mode"]
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device), dense_mode)

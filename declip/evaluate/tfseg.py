@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from declip.config import dataset_spec
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,7 @@ def main(args, cfg: dict) -> dict:
     if benchmark is None:
         raise UserFacingError(
             f"several benchmarks are configured; choose one with --benchmark ({', '.join(benchmarks)})")
-    if benchmark not in cfg["datasets"]:
-        raise UserFacingError(
-            f"benchmark {benchmark!r} is not in `datasets`; allowed: {', '.join(sorted(cfg['datasets']))}")
-    spec = dict(cfg["datasets"][benchmark])
-    if args.data:
-        spec["root"] = args.data
+    spec = dataset_spec(cfg, benchmark, args.data)
     settings = benchmark_settings(cfg, benchmark)
     dense_mode = cfg["evaluate"]["tfseg"].get("dense_mode") or cfg["method"]["dense_mode"]
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device), dense_mode)

@@ -97,3 +97,13 @@ def tokenizer(student_cfg: dict):
 
     register_custom_config(student_cfg)
     return open_clip.get_tokenizer(student_cfg["model"])
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Two AdamW groups of the trainable parameters: decay on matrices; none on biases, norms, the
+    temperature and other 0/1-d parameters (CLIP / open_clip practice, CLIPSelf code)."""
+    decay, flat = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (flat if p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": flat, "weight_decay": 0.0}]

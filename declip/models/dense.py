@@ -83,8 +83,6 @@ def rope_embed(rope, grid: tuple[int, int], use_cache: bool = True) -> torch.Ten
 class _PlainTower:
     """open_clip `VisionTransformer` (OpenAI layout: fused in_proj, ln_pre, ln_post, proj matrix)."""
 
-    kind = "plain"
-
     def __init__(self, visual):
         from open_clip.transformer import ResidualAttentionBlock
 
@@ -147,7 +145,6 @@ class _PlainTower:
     norm2_names = ("ln_2.",)
     q_names = ()  # fused in_proj_weight: Q/K rows cannot be frozen separately (see set_trainable)
     k_names = ()
-    fused_qk = True
 
     def fused_qkv(self, blk) -> list:
         """Tensors whose rows are [Q; K; V] (width rows each)."""
@@ -156,8 +153,6 @@ class _PlainTower:
 
 class _EvaTower:
     """open_clip `TimmModel` whose trunk is a timm `Eva` (EVA02-CLIP)."""
-
-    kind = "eva"
 
     def __init__(self, visual):
         from timm.models.eva import Eva, EvaAttention, EvaBlock
@@ -182,9 +177,9 @@ class _EvaTower:
             probe = torch.zeros(1, self.width, device=trunk.cls_token.device, dtype=trunk.cls_token.dtype)
             self.embed_dim = self.head(probe).shape[-1]
         first = trunk.blocks[0].attn
-        self.fused_qk = first.qkv is not None
-        self.q_names = () if self.fused_qk else ("attn.q_proj.",)
-        self.k_names = () if self.fused_qk else ("attn.k_proj.",)
+        fused = first.qkv is not None
+        self.q_names = () if fused else ("attn.q_proj.",)
+        self.k_names = () if fused else ("attn.k_proj.",)
 
     @property
     def blocks(self):
@@ -293,9 +288,6 @@ class DenseCLIP(torch.nn.Module):
         """Recompute block activations in the backward pass (560 px training of L/14 towers)."""
         self.grad_checkpointing = enable
 
-    def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
-
     def _trunk(self, images):
         """Tokens entering the last block, the token grid and the RoPE table."""
         p = self.patch_size
@@ -385,29 +377,27 @@ def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_p
         for p in blk.parameters():
             p.requires_grad_(True)
     if dense_mode in DECOUPLED_MODES:
-        frozen = list(tw.ffn_names) + list(tw.norm2_names)
-        if dense_mode == "qq" and context_proj == "q":
-            frozen += list(tw.k_names)
-        if dense_mode == "kk" and context_proj == "k":
-            frozen += list(tw.q_names)
+        unused = unused_projection(dense_mode, context_proj)
+        frozen = list(tw.ffn_names) + list(tw.norm2_names) + list({"q": tw.q_names, "k": tw.k_names}.get(unused, ()))
         for name, p in blocks[-1].named_parameters():
             if name.startswith(tuple(frozen)):
                 p.requires_grad_(False)
     return sorted(name for name, p in clip.named_parameters() if p.requires_grad)
 
 
+def unused_projection(dense_mode: str, context_proj: str) -> str | None:
+    """The last-block projection the decoupled block never reads: "k" in q-q mode with Q context, "q" in
+    k-k mode with K context, else None (the attention or the context reads both)."""
+    return {("qq", "q"): "k", ("kk", "k"): "q"}.get((dense_mode, context_proj))
+
+
 def unused_fused_rows(clip, dense_mode: str, context_proj: str = "q") -> list[tuple]:
-    """(tensor, row slice) pairs of the last block's fused q/k/v tensors that `set_trainable` would freeze if
-    they were separate (K in q-q mode with Q context, Q in k-k mode with K context). They get no gradient,
-    but decoupled weight decay (AdamW) still shrinks them, which would change the vanilla forward of the
-    saved model; the trainer copies them back from the original after every step."""
-    if dense_mode not in DECOUPLED_MODES:
+    """(tensor, row slice) pairs of the last block's fused q/k/v tensors holding `unused_projection`. They
+    get no gradient, but decoupled weight decay (AdamW) would still shrink them and change the saved
+    model's vanilla forward; the trainer copies them back from the original after every step."""
+    unused = unused_projection(dense_mode, context_proj)
+    if unused is None:
         return []
     tw = tower(clip.visual)
-    if dense_mode == "qq" and context_proj == "q":
-        rows = slice(tw.width, 2 * tw.width)
-    elif dense_mode == "kk" and context_proj == "k":
-        rows = slice(0, tw.width)
-    else:
-        return []
+    rows = slice(0, tw.width) if unused == "q" else slice(tw.width, 2 * tw.width)
     return [(p, rows) for p in tw.fused_qkv(tw.blocks[-1])]

@@ -143,16 +143,6 @@ def lr_at(progress: float, warmup_fraction: float, base_lr: float) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases, norms, embeddings' 1-d params and the temperature (CLIP practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def class_text_features(model, tok, names: list[str], templates=TEMPLATES):
     """Prompt-ensembled class embeddings: L2-normalise per template, average, renormalise (CLIP)."""
     import torch
@@ -192,15 +182,15 @@ def evaluate_single(model, student_cfg: dict, root: Path, image_size: int) -> di
             "n_images": len(labels), "chance": 100.0 / len(cats)}
 
 
-def pretrain(cfg: dict, data: str | Path, out: str | Path, threads: int = 2) -> dict:
+def pretrain(cfg: dict, data: str | Path, out: str | Path) -> dict:
     """Train the tiny CLIP, save it with save_clip, write pretrain_metrics.json next to it; fail below the bar."""
     import torch
     from tqdm import tqdm
 
-    from declip.models.clip import create_clip, save_clip, tokenizer
+    from declip.models.clip import create_clip, param_groups, save_clip, tokenizer
 
     pc, student = cfg["mini"]["pretrain"], cfg["student"]
-    torch.set_num_threads(max(1, int(threads)))
+    threads = torch.get_num_threads()  # set once by the CLI's --threads
     torch.manual_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     root, out = dataset_root(data), resolve_path(out)
@@ -243,7 +233,7 @@ def pretrain(cfg: dict, data: str | Path, out: str | Path, threads: int = 2) -> 
     result = evaluate_single(model, student, root, pc["image_size"])
     save_clip(model, out)
     metrics = {"zero_shot_acc": result["zero_shot_acc"], "seconds": train_seconds, "steps": step,
-               "seconds_per_step": train_seconds / max(1, step), "threads": int(threads),
+               "seconds_per_step": train_seconds / max(1, step), "threads": threads,
                "cpu_seconds_per_step": cpu_seconds / max(1, step),
                "final_loss": float(np.mean(losses[-25:])) if losses else None,
                "logit_scale": model.logit_scale.exp().item(), "per_class": result["per_class"],

@@ -195,7 +195,7 @@ class SDAffinity:
         self.noise_seed = int(sd_cfg["noise_seed"])
         self.precision = precision
         self.recorder = AffinityRecorder(sd_cfg["min_map_size"], sd_cfg["aggregate"])
-        self.n_layers = install_capture(self.unet, self.recorder)
+        install_capture(self.unet, self.recorder)
         if self.timestep >= scheduler.config.num_train_timesteps:
             raise UserFacingError(
                 f"teachers.sd.timestep {self.timestep} is beyond the scheduler's {scheduler.config.num_train_timesteps} steps"

@@ -109,7 +109,6 @@ class VFM:
     """A frozen VFM; `tokens` gives last-layer patch tokens (after the final norm) on a requested grid."""
 
     def __init__(self, model, spec: dict, precision: str = "fp16"):
-        self.spec = dict(spec)
         self.type = spec["type"]
         self.patch_size = int(spec["patch_size"])
         self.input_size = spec.get("input_size")
@@ -119,7 +118,6 @@ class VFM:
         self.model = model.eval().requires_grad_(False)
         self.encoder = getattr(model, "vision_encoder", model)  # SamVisionModel wraps the encoder
         config = self.encoder.config
-        self.dim = config.output_channels if self.type == "sam" else config.hidden_size
         self.num_prefix = 1 + (config.num_register_tokens if self.type == "dinov2_reg" else 0)
 
     @property

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from declip.config import dataset_spec
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -204,11 +205,7 @@ def make_figures(cfg: dict, variant: str, checkpoint: str | None, dataset: str, 
     from declip.evaluate.text import load_eval_model
     from declip.evaluate.tfseg import benchmark_settings, predict
 
-    if dataset not in cfg["datasets"]:
-        raise UserFacingError(f"dataset {dataset!r} is not in `datasets`; allowed: {', '.join(sorted(cfg['datasets']))}")
-    spec = dict(cfg["datasets"][dataset])
-    if data_root:
-        spec["root"] = str(data_root)
+    spec = dataset_spec(cfg, dataset, data_root)
     out_dir = Path(out_dir)
     cache = TeacherCache(teachers_index)
     if cache.kind != "tokens":
