@@ -32,15 +32,16 @@ def mini2d(args, cfg) -> dict:
     from declip.data.mini2d import generate
 
     out = resolve_path(args.out)
-    counts = generate(cfg, out)
-    return {"metrics": _flat(counts), "artifacts": [str(out / "MANIFEST.json")]}
+    generate(cfg, out)  # its counts are in MANIFEST.json, which the tracking layer reads
+    return {"artifacts": [str(out / "MANIFEST.json")]}
 
 
 def mini3d(args, cfg) -> dict:
     from declip.config import resolve_path
     from declip.data import mini3d as gen
 
-    return {"metrics": _flat(gen.generate(cfg, resolve_path(args.out)))}
+    gen.generate(cfg, resolve_path(args.out))  # counts: MANIFEST.json (the rule's output)
+    return {}
 
 
 def download(args, cfg) -> dict:
@@ -52,13 +53,3 @@ def download(args, cfg) -> dict:
                         "published_checksums": sum(f.get("verified", "").startswith("published") for f in files)},
             "artifacts": [args.out]}
 
-
-def _flat(counts: dict, prefix: str = "") -> dict:
-    """{"train": {"images": 3}} -> {"train_images": 3}: numbers only, for the tracking layer."""
-    out = {}
-    for k, v in counts.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}_"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = v
-    return out

@@ -146,11 +146,16 @@ def class_prompts(benchmark: str, spec: dict) -> list[str]:
     return list(CLASS_PROMPTS[class_list_name(benchmark, spec)])
 
 
+def has_background(benchmark: str, spec: dict) -> bool:
+    """Class 0 is background: `datasets.<b>.background` when set, else whether the class list has one."""
+    return bool(spec.get("background", class_list_name(benchmark, spec) in BACKGROUND_LISTS))
+
+
 def class_names(benchmark: str, spec: dict) -> list[str]:
     """Display names (metrics keys): the first synonym, 'background' for a background index 0."""
     prompts = class_prompts(benchmark, spec)
     names = [p.split("; ")[0] for p in prompts]
-    if class_list_name(benchmark, spec) in BACKGROUND_LISTS:
+    if has_background(benchmark, spec):
         names[0] = "background"
     return names
 
