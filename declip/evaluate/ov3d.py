@@ -191,7 +191,7 @@ def main(args, cfg) -> dict:
 
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import load_eval_model
+    from declip.evaluate.text import family_dense_mode, load_eval_model
 
     t0 = time.time()
     ocfg, student = cfg["evaluate"]["ov3d"], cfg["student"]
@@ -203,7 +203,7 @@ def main(args, cfg) -> dict:
     root = resolve_path(dataset_spec(cfg, ocfg["dataset"], args.data)["root"])
     scenes = scannet.list_scenes(root)
     device = pick_device(args.device)
-    model = load_eval_model(cfg, args.variant, args.checkpoint, device, cfg["method"]["dense_mode"])
+    model = load_eval_model(cfg, args.variant, args.checkpoint, device, family_dense_mode(cfg, "ov3d"))
     text = class_text_features(model, ocfg["prompt"])
     out_path = Path(args.out)
     pred_dir = out_path.parent / "predictions"

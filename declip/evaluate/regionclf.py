@@ -102,7 +102,8 @@ def classify_image(model, img01, segs: ImageSegments, classifiers, image_size: i
     import torch.nn.functional as F
 
     from declip.data.images import letterbox, normalize
-    from declip.distill.losses import crop_resize, region_features
+    from declip.distill.losses import crop_targets, region_features
+    from declip.distill.regions import to_rois
 
     dev = model.device
     feats = {}
@@ -112,18 +113,15 @@ def classify_image(model, img01, segs: ImageSegments, classifiers, image_size: i
         if need_dense:
             content = model.dense(normalize(boxed, mean, std)[None].to(dev)).content.float()  # (1, C, h, w)
         if "rois" in classifiers:
-            boxes = torch.tensor(segs.rois, dtype=torch.float32, device=dev) * scale
-            rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
+            rois = to_rois([torch.tensor(segs.rois, dtype=torch.float32, device=dev) * scale])
             feats["rois"] = region_features(content, rois, image_size)
         if "maskpool" in classifiers:
             weights = mask_token_weights(torch.from_numpy(segs.masks).to(dev), image_size, content.shape[-1])
             tokens = content[0].flatten(1).T  # (h*w, C)
             feats["maskpool"] = F.normalize(weights @ tokens, dim=-1)
         if "crops" in classifiers:
-            boxes = torch.tensor(segs.crops, dtype=torch.float32, device=dev)
-            rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
-            crops = crop_resize(img01[None].to(dev), rois, crop_size)
-            feats["crops"] = F.normalize(model.dense.encode_image(normalize(crops, mean, std)).float(), dim=-1)
+            rois = to_rois([torch.tensor(segs.crops, dtype=torch.float32, device=dev)])
+            feats["crops"] = crop_targets(model.dense, img01[None].to(dev), rois, crop_size, mean, std)
     return feats
 
 
@@ -214,13 +212,13 @@ def main(args, cfg: dict) -> dict:
     from declip.data.panoptic import panoptic_paths, read_panoptic
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import load_eval_model
+    from declip.evaluate.text import family_dense_mode, load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
     spec = dataset_spec(cfg, args.dataset or settings["dataset"], args.data)
     dataset = read_panoptic(*panoptic_paths(spec))
-    dense_mode = settings.get("dense_mode") or cfg["method"]["dense_mode"]
-    model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device), dense_mode)
+    model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device),
+                            family_dense_mode(cfg, "regionclf"))
     classifiers = tuple(settings.get("classifiers", CLASSIFIERS))
     metrics = evaluate(model, dataset, settings, cfg["student"], classifiers)
     out = write_metrics(args.out, metrics)

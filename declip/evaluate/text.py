@@ -161,6 +161,11 @@ class EvalModel:
                                checkpoint=self.checkpoint, cache_dir=self.cache_dir, device=self.device)
 
 
+def family_dense_mode(cfg: dict, family: str) -> str:
+    """`evaluate.<family>.dense_mode` when set (e.g. released segmentation weights run in csa), else the variant's."""
+    return cfg.get("evaluate", {}).get(family, {}).get("dense_mode") or cfg["method"]["dense_mode"]
+
+
 def load_eval_model(cfg: dict, variant: str, checkpoint: str | None, device, dense_mode: str) -> EvalModel:
     from declip.models.clip import load_clip, tokenizer
     from declip.models.dense import DenseCLIP
