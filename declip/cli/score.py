@@ -1,7 +1,7 @@
 """`declip score <family>`: score predictions given in a benchmark's official file formats.
 
-Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics) and `scannet200` (ScanNet benchmark
-instance AP). Both print their scores as JSON on stdout.
+Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics), `scannet200` (ScanNet benchmark
+instance AP) and `bop` (BOP19 pose AR). Each prints their scores as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 SUBVERBS = {
     "semseg": ("declip.metrics.semseg", "mIoU / aAcc / per-class IoU of index-PNG predictions (mmseg IoUMetric)."),
     "scannet200": ("declip.metrics.scannet200", "ScanNet200 instance AP (AP, AP50, AP25, head/common/tail)."),
+    "bop": ("declip.metrics.bop", "BOP19 6D pose AR (VSD, MSSD, MSPD) and ADD(S)-0.1d of a BOP19 results CSV."),
 }
 
 
@@ -16,6 +17,13 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name, (_, help_text) in SUBVERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "bop":
+            p.add_argument("--dataset", required=True, help="BOP-format dataset root (models, split, targets file).")
+            p.add_argument("--pred", required=True, help="Results CSV in the BOP19 format.")
+            p.add_argument("--split", default="test", help="Split folder under the root (default test).")
+            p.add_argument("--targets", default="test_targets_bop19.json", help="Targets file at the root.")
+            p.add_argument("--vsd-delta", type=float, default=15.0, help="VSD delta in mm (BOP19: 15).")
+            continue
         p.add_argument("--gt", required=True, help="Ground-truth folder.")
         p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
         if name == "semseg":
