@@ -124,6 +124,7 @@ def _check_references(config: dict, schema: dict) -> None:
     problems = []
     presets = config["variant_presets"]
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
+             "evaluate.ov6dpe.variants": config["evaluate"]["ov6dpe"]["variants"],
              "tables.figure_variants": config["tables"]["figure_variants"]}
     for key, names in lists.items():
         for name in names:
@@ -147,7 +148,9 @@ def _check_references(config: dict, schema: dict) -> None:
     datasets = config["datasets"]
     refs = [("distill.dataset", config["distill"]["dataset"]),
             ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
-            ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"])]
+            ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"]),
+            ("evaluate.ov6dpe.dataset", config["evaluate"]["ov6dpe"]["dataset"])]
+    refs += [("evaluate.ov6dpe.datasets", b) for b in config["evaluate"]["ov6dpe"]["datasets"]]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
@@ -228,6 +231,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
 RULE_SECTIONS = {
     "dataset_mini2d": ["seed", "mini.world2d", "datasets"],
     "dataset_mini3d": ["seed", "mini.world3d", "datasets"],
+    "dataset_mini_pose": ["seed", "mini.worldpose", "datasets"],
     "download": [],
     "pretrain": ["seed", "mini.pretrain", "student", "datasets"],
     "teachers": ["seed", "student", "teachers", "datasets"],
@@ -235,9 +239,11 @@ RULE_SECTIONS = {
     "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
+    "evaluate_ov6dpe": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
+    "table_ov6dpe": ["preset", "tables", "evaluate"],
 }
 
 
@@ -286,6 +292,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
     return {
         "dataset_mini2d": "mini2d",
         "dataset_mini3d": "mini3d",
+        "dataset_mini_pose": "mini_pose",
         "pretrain": "mini2d",
         "teachers": config["distill"]["dataset"],
         "distill": config["distill"]["dataset"],

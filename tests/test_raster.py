@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from declip.data import ply
-from declip.metrics.raster import rasterize, render_depth
+from declip.data.raster import rasterize, render_depth
 
 K = np.array([[100.0, 0, 31.5], [0, 100.0, 23.5], [0, 0, 1]])
 W, H = 64, 48

@@ -1,7 +1,8 @@
 """`declip evaluate <family>`: one task family's feature protocol on one dataset/benchmark and variant.
 
-Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5). Each writes
-the family's metrics.json (docs/interfaces.md) and returns its headline numbers for tracking.
+Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5), `ov6dpe`
+(protocols.md 7). Each writes the family's metrics.json (docs/interfaces.md) and returns its headline numbers
+for tracking.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ SUBVERBS = {
     "regionclf": ("declip.evaluate.regionclf", "Region classification of COCO-panoptic segments (CLIPSelf protocol)."),
     "tfseg": ("declip.evaluate.tfseg", "Training-free open-vocabulary semantic segmentation (sliding window, mIoU)."),
     "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
+    "ov6dpe": ("declip.evaluate.ov6dpe", "Open-vocabulary 6D pose estimation, Oryon protocol (BOP AR, ADD(S))."),
 }
 
 
@@ -41,6 +43,10 @@ def add_arguments(parser) -> None:
             p.add_argument("--host", default="openmask3d", help="Host pipeline: openmask3d or open3dis.")
             p.add_argument("--mode", default="dense",
                            help="crops (image tower on multi-level crops) or dense (mask-pool the dense map).")
+        elif name == "ov6dpe":
+            p.add_argument("--dataset", default=None, help="A key of `datasets` (BOP format with a pair list); "
+                                                           "default evaluate.ov6dpe.dataset.")
+            p.add_argument("--mask", default="oracle", help="oracle (GT visible masks) or text (prompt similarity).")
 
 
 def run(args, cfg) -> dict:

@@ -150,6 +150,7 @@ def write_ply(path: str | Path, mesh: Mesh) -> None:
     face = np.zeros(nf, dtype=np.dtype([("n", "u1"), ("i", "<i4", (3,))]))
     face["n"] = 3
     face["i"] = mesh.faces
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(("\n".join(head) + "\n").encode("ascii"))
         f.write(vert.tobytes())

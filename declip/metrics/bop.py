@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from declip.data import bop, ply
+from declip.data import bop, ply, raster
 from declip.errors import UserFacingError
-from declip.metrics import raster
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from declip.tables.registry import (
     OV3D,
     OV3D_HOSTS,
     OV3D_MODES,
+    OV6DPE,
+    OV6DPE_MASKS,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -54,6 +56,9 @@ class Layout:
     hosts: list[str]
     modes: list[str]
     ov3d_variants: list[str] = field(default_factory=list)  # Table 2's row order
+    ov6dpe_datasets: list[str] = field(default_factory=list)
+    ov6dpe_masks: list[str] = field(default_factory=list)
+    ov6dpe_variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,8 +151,15 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     ov = ev.get("ov3d", {})
     hosts = list(ov.get("hosts") or _ordered(store.subdirs(OV3D), OV3D_HOSTS))
     modes = list(ov.get("modes") or _ordered(sorted({m for h in hosts for m in store.subdirs(OV3D, h)}), OV3D_MODES))
+    pose = ev.get("ov6dpe", {})
+    pose_datasets = list(pose.get("datasets") or store.subdirs(OV6DPE))
+    pose_masks = list(pose.get("masks") or _ordered(sorted({m for d in pose_datasets for m in store.subdirs(OV6DPE, d)}),
+                                                    OV6DPE_MASKS))
+    found_pose = {v for d in pose_datasets for m in pose_masks for v in store.subdirs(OV6DPE, d, m)}
+    pose_variants = list(pose.get("variants") or []) or (preferred + sorted(found_pose - set(preferred)))
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
-                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants)
+                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
+                  ov6dpe_datasets=pose_datasets, ov6dpe_masks=pose_masks, ov6dpe_variants=pose_variants)
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -177,6 +189,8 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(REGIONCLF, dataset=layout.regionclf_dataset, variant=variant), fld)
     if metric.family == OV3D:
         return _number(store.load(OV3D, host=host, mode=mode, variant=variant), fld)
+    if metric.family == OV6DPE:  # groups of (dataset, mask) ride in the (host, mode) slots
+        return _number(store.load(OV6DPE, dataset=host, mask=mode, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -191,6 +205,8 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
         if m.get("protocol") == "host":
             return f"host: {row.ids['host']}"
         return f"feature protocol: ov3d ({row.ids['mode']})"
+    if families == [OV6DPE]:
+        return f"feature protocol: ov6dpe ({row.ids['mask']} masks)"
     parts = [f"regionclf ({layout.regionclf_dataset})" if f == REGIONCLF else f for f in families]
     return "feature protocol: " + " + ".join(parts)
 
@@ -209,11 +225,15 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 
     if spec.family == OV3D:
         groups = [(h, md) for h in layout.hosts for md in layout.modes]
+    elif spec.family == OV6DPE:
+        groups = [(d, mk) for d in layout.ov6dpe_datasets for mk in layout.ov6dpe_masks]
     else:
         groups = [(None, None)]
-    variants = select_rows(spec.rows, layout.ov3d_variants if spec.family == OV3D else layout.variants)
+    row_pool = {OV3D: layout.ov3d_variants, OV6DPE: layout.ov6dpe_variants}.get(spec.family, layout.variants)
+    variants = select_rows(spec.rows, row_pool)
     for host, mode in groups:
-        ids = {"host": host, "mode": mode} if spec.family == OV3D else {}
+        ids = {"host": host, "mode": mode} if spec.family == OV3D else (
+            {"dataset": host, "mask": mode} if spec.family == OV6DPE else {})
         if spec.baseline is not None:
             label, key = spec.baseline
             base = Row({**ids, "variant": label}, "baseline")
@@ -244,6 +264,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 # ---------------------------------------------------------------- output
 
 def _id_fields(spec: TableSpec) -> list[str]:
+    if spec.family == OV6DPE:
+        return ["dataset", "mask", "variant"]
     return ["host", "mode", "variant"] if spec.family == OV3D else ["variant"]
 
 
