@@ -156,3 +156,31 @@ def test_protocol_geometry_with_perfect_features(world):
         ests.append(bop.Estimate(vb.scene_id, vb.im_id, obj, score, R, t.reshape(3, 1)))
     out = metric.evaluate(root, ests)
     assert out["AR_MSSD"] >= 90 and out["AR"] >= 80
+
+
+def test_table_rows_per_dataset_mask_variant_without_paper_numbers(tmp_path):
+    import csv
+
+    from declip.tables import registry
+    from declip.tables.render import render_tables
+
+    root = tmp_path / "eval"
+    vals = {"clip": 10.0, "declip": 14.5}
+    for mask in ("oracle", "text"):
+        for v, ar in vals.items():
+            p = root / "ov6dpe" / "mini_pose" / mask / v / "metrics.json"
+            p.parent.mkdir(parents=True)
+            p.write_text(json.dumps({"AR": ar, "AR_VSD": 1.0, "AR_MSSD": 2.0, "AR_MSPD": 3.0, "ADDS": 4.0}))
+    cfg = {"preset": "mini", "evaluate": {"ov6dpe": {"datasets": ["mini_pose"], "masks": ["oracle", "text"],
+                                                     "variants": ["clip", "clipself", "declip"]}}}
+    out = tmp_path / "tables"
+    render_tables(root, out, ["ov6dpe"], cfg=cfg)
+    with open(out / "ov6dpe.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["mask"], r["variant"]) for r in rows] == [
+        ("mini_pose", "oracle", "clip"), ("mini_pose", "oracle", "declip"),
+        ("mini_pose", "text", "clip"), ("mini_pose", "text", "declip")]  # clipself: no metrics, no row
+    assert rows[1]["AR"] == "14.5" and rows[1]["ADDS"] == "4.0" and "AR.paper" not in rows[0]
+    assert not [r for r in registry.REFERENCES if r.metric.family == registry.OV6DPE]  # protocols.md: gains only
+    md = (out / "ov6dpe.md").read_text()
+    assert "ADD(S)-0.1d" in md and "+2.3 to +5.4" in md

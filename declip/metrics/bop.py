@@ -89,7 +89,7 @@ def _gt_sym_points(pts, R_g, t_g, syms) -> np.ndarray:
     """(S, N, 3) model points in the GT pose composed with each symmetry: R_g (R_s p + t_s) + t_g."""
     Rs = np.stack([R_g @ R for R, _ in syms])  # (S, 3, 3)
     ts = np.stack([(R_g @ t).ravel() + t_g.ravel() for _, t in syms])  # (S, 3)
-    return np.einsum("sij,nj->sni", Rs, pts) + ts[:, None, :]
+    return np.matmul(pts[None], Rs.transpose(0, 2, 1)) + ts[:, None, :]
 
 
 def _project(p: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -98,17 +98,19 @@ def _project(p: np.ndarray, K: np.ndarray) -> np.ndarray:
     return h[..., :2] / h[..., 2:3]
 
 
-def mssd(R_e, t_e, R_g, t_g, pts, syms) -> float:
-    """Max over model points of the 3D distance, min over symmetries (pose_error.mssd)."""
+def mssd(R_e, t_e, R_g, t_g, pts, syms, gt_sym=None) -> float:
+    """Max over model points of the 3D distance, min over symmetries (pose_error.mssd); `gt_sym`:
+    precomputed `_gt_sym_points`."""
     est = transform(pts, R_e, t_e)
-    return float(np.linalg.norm(_gt_sym_points(pts, R_g, t_g, syms) - est[None], axis=2).max(axis=1).min())
+    gt = _gt_sym_points(pts, R_g, t_g, syms) if gt_sym is None else gt_sym
+    return float(np.sqrt(((gt - est[None]) ** 2).sum(axis=2).max(axis=1).min()))
 
 
-def mspd(R_e, t_e, R_g, t_g, K, pts, syms) -> float:
+def mspd(R_e, t_e, R_g, t_g, K, pts, syms, gt_sym=None) -> float:
     """Max over model points of the 2D projection distance (px), min over symmetries (pose_error.mspd)."""
     est = _project(transform(pts, R_e, t_e), K)
-    gt = _project(_gt_sym_points(pts, R_g, t_g, syms), K)
-    return float(np.linalg.norm(gt - est[None], axis=2).max(axis=1).min())
+    gt = _project(_gt_sym_points(pts, R_g, t_g, syms) if gt_sym is None else gt_sym, K)
+    return float(np.sqrt(((gt - est[None]) ** 2).sum(axis=2).max(axis=1).min()))
 
 
 def add(R_e, t_e, R_g, t_g, pts) -> float:
@@ -241,8 +243,9 @@ def _estimate_errors(est: bop.Estimate, gts: list, models: Models, K, width: int
             continue
         R_g, t_g = g["R"], g["t"]
         near = spheres_overlap(est.t, t_g, diameter)
-        errs["mssd"][gt_id] = [mssd(est.R, est.t, R_g, t_g, pts, syms) / diameter if near else np.inf]
-        errs["mspd"][gt_id] = [mspd(est.R, est.t, R_g, t_g, K, pts, syms) * MSPD_REFERENCE_WIDTH / width]
+        gt_sym = _gt_sym_points(pts, R_g, t_g, syms)
+        errs["mssd"][gt_id] = [mssd(est.R, est.t, R_g, t_g, pts, syms, gt_sym) / diameter if near else np.inf]
+        errs["mspd"][gt_id] = [mspd(est.R, est.t, R_g, t_g, K, pts, syms, gt_sym) * MSPD_REFERENCE_WIDTH / width]
         d = (adi if sym else add)(est.R, est.t, R_g, t_g, pts) / diameter if near else np.inf
         errs["adds"][gt_id] = [d]
         if want_vsd:
