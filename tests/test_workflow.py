@@ -99,3 +99,17 @@ def test_slurm_preflight_without_sbatch(tmp_path):
     assert r.returncode != 0
     assert "sbatch" in r.stdout + r.stderr
     assert not (tmp_path / "data/mini2d/MANIFEST.json").exists()
+
+
+def test_dry_run_ov6dpe_mini_and_paper(tmp_path):
+    r = snakemake("-n", "--cores", "2", "results/tables/ov6dpe.csv", workdir=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    assert jobs["dataset_mini_pose"] == 1 and jobs["evaluate_ov6dpe"] == 6 and jobs["table_ov6dpe"] == 1
+    r = snakemake("-n", "--cores", "2", "results/tables/ov6dpe.csv", "--configfile",
+                  str(ROOT / "workflow/presets/paper-b16.yaml"), workdir=tmp_path / "paper")
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    # REAL275 and Toyota-Light (manual steps) x oracle/text masks x clip/clipself/declip
+    assert jobs["manual_dataset"] == 2 and jobs["evaluate_ov6dpe"] == 12 and jobs["table_ov6dpe"] == 1
+    assert "dataset_mini_pose" not in jobs

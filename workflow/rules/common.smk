@@ -131,6 +131,15 @@ def ov3d_metrics(variants):
     return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]
 
 
+def ov6dpe_metrics(variants):
+    return [
+        f"{R}/eval/ov6dpe/{d}/{m}/{v}/metrics.json"
+        for d in EV["ov6dpe"]["datasets"]
+        for m in EV["ov6dpe"]["masks"]
+        for v in variants
+    ]
+
+
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 

@@ -2,15 +2,6 @@
 # protocol per benchmark x mask x variant, and results/tables/ov6dpe.csv.
 
 
-def ov6dpe_metrics(variants):
-    return [
-        f"{R}/eval/ov6dpe/{d}/{m}/{v}/metrics.json"
-        for d in EV["ov6dpe"]["datasets"]
-        for m in EV["ov6dpe"]["masks"]
-        for v in variants
-    ]
-
-
 rule dataset_mini_pose:
     output:
         f"{config['datasets']['mini_pose']['root']}/MANIFEST.json",
