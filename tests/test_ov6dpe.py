@@ -184,3 +184,44 @@ def test_table_rows_per_dataset_mask_variant_without_paper_numbers(tmp_path):
     assert not [r for r in registry.REFERENCES if r.metric.family == registry.OV6DPE]  # protocols.md: gains only
     md = (out / "ov6dpe.md").read_text()
     assert "ADD(S)-0.1d" in md and "+2.3 to +5.4" in md
+
+
+def _fake_model(*_args, **_kwargs):
+    """A stand-in CLIP whose 'dense map' is the 8x8-pooled colour (3 channels) and whose text is a colour."""
+    import torch
+    from types import SimpleNamespace
+
+    class Dense(torch.nn.Module):
+        def forward(self, images):
+            return SimpleNamespace(content=torch.nn.functional.avg_pool2d(images, 8) + 1e-3)
+
+    def text(names, templates):
+        return torch.tensor([[1.0, 0.2, 0.1]] * len(names)), list(range(len(names)))
+
+    return SimpleNamespace(dense=Dense(), text=text, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mask", ["oracle", "text"])
+def test_main_writes_bop_csv_and_metrics(world, tmp_path, monkeypatch, mask):
+    import argparse
+
+    import declip.evaluate.text as text
+    from declip.config import load
+
+    root, _ = world
+    monkeypatch.setattr(text, "load_eval_model", _fake_model)
+    cfg = load(overrides={"evaluate": {"ov6dpe": {"ransac_iterations": 100, "max_points": 100}}})
+    out = tmp_path / "metrics.json"
+    args = argparse.Namespace(variant="clip", checkpoint=None, data=str(root), dataset=None, out=str(out), mask=mask,
+                              device="cpu")
+    ret = ov6dpe.main(args, cfg)
+    m = json.loads(out.read_text())
+    csv = tmp_path / m["results_csv"]
+    assert ret["artifacts"] == [str(out), str(csv)] and csv.name == f"clip-{mask}_minipose-test.csv"
+    assert csv.read_text().startswith("scene_id,im_id,obj_id,score,R,t,time\n")
+    assert m["n_pairs"] == m["n_targets"] == len(json.loads((root / "pairs.json").read_text()))
+    assert all(0.0 <= m[k] <= 100.0 for k in ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "ADDS"))
+    assert (m["text_mask_iou"] is None) == (mask == "oracle")
+    # metrics.json holds the scores of the written BOP file (the format is what gets evaluated)
+    again = metric.evaluate(root, bop.read_results(csv))
+    assert again["AR"] == m["AR"]
