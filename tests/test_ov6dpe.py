@@ -113,21 +113,39 @@ def test_kabsch_and_ransac_recover_a_rigid_motion():
 
 
 def test_text_mask_thresholds_normalised_similarity():
+    # similarities 3, -1, 1.4, -0.2 -> min-max 1, 0, .6, .2
+    mask = ov6dpe.text_mask(np.array([[3.0, -1.0], [1.4, -0.2]]), 0.5)
+    np.testing.assert_array_equal(mask, [[True, False], [True, False]])
+
+
+def test_dense_map_reads_tokens_at_pixel_centres():
     import torch
 
-    feats = torch.zeros(2, 2, 2)
-    feats[0] = torch.tensor([[1.0, 0.0], [0.6, 0.2]])
-    feats[1] = 1 - feats[0]
-    mask, norm = ov6dpe.text_mask(feats, np.array([1.0, 0.0]), 0.5)
-    # similarities 1, 0, .6, .2 -> min-max 1, 0, .6, .2
-    np.testing.assert_allclose(norm, [[1.0, 0.0], [0.6, 0.2]])
-    np.testing.assert_array_equal(mask, [[True, False], [True, False]])
+    # a 2-token-wide map over a letterbox of size 4 holding a 4 x 2 image (h=2, w=4): image pixel u has its
+    # centre at letterbox x = u + 0.5, token centres at 1 and 3 => u = 0 -> token 0, u = 3 -> token 1
+    # (border), u = 1 -> 3/4 of token 0 + 1/4 of token 1 (before L2 normalisation)
+    tokens = torch.zeros(1, 2, 2, 2)
+    tokens[0, 0, :, 0] = 1.0  # token column 0 = e0
+    tokens[0, 1, :, 1] = 1.0  # token column 1 = e1
+    dm = ov6dpe.DenseMap(tokens, (2, 4), (2, 4), 4)
+    f = dm.sample(np.array([0, 1, 3]), np.array([0, 0, 1]))
+    np.testing.assert_allclose(f[0], [1, 0], atol=1e-6)
+    np.testing.assert_allclose(f[1], np.array([0.75, 0.25]) / np.hypot(0.75, 0.25), atol=1e-6)
+    np.testing.assert_allclose(f[2], [0, 1], atol=1e-6)
+    sim = dm.similarity(np.array([2.0, 0.0]))
+    assert sim.shape == (2, 4) and sim[0, 0] == pytest.approx(1.0) and sim[1, 3] == pytest.approx(0.0, abs=1e-6)
+
+
+class _ArrayFeatures:
+    def __init__(self, arr):
+        self.arr = arr
+
+    def sample(self, u, v):
+        return self.arr[:, v, u].T
 
 
 def _coordinate_features(view, obj_id, freqs):
     """Per-pixel features that identify the model-frame point seen there (perfect descriptors)."""
-    import torch
-
     g = view.gt[view.instance(obj_id)]
     h, w = view.depth.shape
     v, u = np.mgrid[0:h, 0:w]
@@ -135,7 +153,7 @@ def _coordinate_features(view, obj_id, freqs):
     model = (cam - g["t"].ravel()) @ g["R"]  # R^T (X - t)
     f = np.concatenate([np.sin(model @ freqs), np.cos(model @ freqs)], 1)
     f /= np.linalg.norm(f, axis=1, keepdims=True)
-    return torch.from_numpy(f.T.reshape(-1, h, w).astype(np.float32))
+    return _ArrayFeatures(f.T.reshape(-1, h, w))
 
 
 def test_protocol_geometry_with_perfect_features(world):

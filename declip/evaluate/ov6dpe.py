@@ -1,8 +1,8 @@
 """Open-vocabulary 6D pose estimation, feature protocol (protocols.md section 7; Oryon's benchmark).
 
 For each anchor/query pair (the same object in two RGB-D scenes, a prompt naming it):
-1. dense features of both images: the DenseCLIP content map of the letterboxed image, bilinearly upsampled
-   to the letterbox, cropped to the image and resized to its pixels, L2-normalised per pixel;
+1. dense features of both images: the DenseCLIP content map of the letterboxed image, read bilinearly at
+   each pixel centre's letterbox position (the map upsampled to the image), L2-normalised per pixel;
 2. the object mask in both images: `oracle` = the GT visible mask (BOP mask_visib), or `text` = pixels whose
    cosine similarity to the prompt's text embedding, min-max normalised over the image, exceeds
    `text_threshold` (our choice; Oryon predicts masks with its own trained decoder);
@@ -30,6 +30,7 @@ from declip.metrics import bop as metric
 log = logging.getLogger(__name__)
 MASKS = ("oracle", "text")
 HEADLINE = ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "ADDS")
+VIEW_CACHE = 64
 
 
 def load_pairs(root: Path, name: str) -> list[dict]:
@@ -78,42 +79,70 @@ class View:
             return np.asarray(im) > 0
 
 
-def pixel_features(model, image, student: dict):
-    """(C, H, W) L2-normalised per-pixel features: the content map of the letterboxed image upsampled
-    to the letterbox, its image part resized to the image."""
-    import torch
-    import torch.nn.functional as F
+class DenseMap:
+    """The content map of one letterboxed image, read at image pixels: bilinear interpolation of the
+    tokens at each pixel centre's letterbox position (the map upsampled to the image), L2-normalised.
+    Only the low-resolution map is kept, so full-size images do not hold a (C, H, W) array."""
 
+    CHUNK = 65536
+
+    def __init__(self, tokens, image_shape: tuple[int, int], letterbox_shape: tuple[int, int], size: int):
+        self.tokens = tokens  # (1, C, h, w) float tensor
+        self.shape = image_shape
+        self.lb = letterbox_shape  # (nh, nw): the image part of the letterbox
+        self.size = size
+
+    def sample(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """(N, C) features at integer pixels (u, v)."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = self.shape
+        out = []
+        for i in range(0, len(u), self.CHUNK):
+            x = (np.asarray(u[i:i + self.CHUNK], float) + 0.5) * self.lb[1] / w / self.size * 2 - 1
+            y = (np.asarray(v[i:i + self.CHUNK], float) + 0.5) * self.lb[0] / h / self.size * 2 - 1
+            grid = torch.from_numpy(np.stack([x, y], -1)).float().view(1, 1, -1, 2)
+            f = F.grid_sample(self.tokens, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            out.append(F.normalize(f[0, :, 0].T, dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.tokens.shape[1]), np.float32)
+
+    def similarity(self, emb: np.ndarray) -> np.ndarray:
+        """(H, W) cosine similarity of every pixel's feature with a unit text embedding."""
+        h, w = self.shape
+        v, u = np.divmod(np.arange(h * w), w)
+        return (self.sample(u, v) @ (emb / np.linalg.norm(emb))).reshape(h, w)
+
+
+def dense_map(model, image, student: dict) -> DenseMap:
     from declip.data.images import letterbox, normalize
+
+    import torch
 
     h, w = image.shape[-2:]
     size = student["image_size"]
     with torch.no_grad():
         x, scale = letterbox(image, size)
         x = normalize(x[None].to(model.device), student["mean"], student["std"])
-        content = model.dense(x).content.float()
-        up = F.interpolate(content, size=(size, size), mode="bilinear", align_corners=False)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        up = F.interpolate(up[:, :, :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
-        return F.normalize(up[0], dim=0).cpu()
+        tokens = model.dense(x).content.float().cpu()
+    return DenseMap(tokens, (h, w), (max(1, round(h * scale)), max(1, round(w * scale))), size)
 
 
-def text_mask(feats, text_emb, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels whose min-max-normalised cosine similarity to the prompt exceeds `threshold`; and the map."""
-    sim = np.einsum("chw,c->hw", feats.numpy(), text_emb)
+def text_mask(sim: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels whose similarity to the prompt, min-max normalised over the image, exceeds `threshold`."""
     lo, hi = sim.min(), sim.max()
     norm = (sim - lo) / (hi - lo) if hi > lo else np.zeros_like(sim)
-    return norm > threshold, norm
+    return norm > threshold
 
 
 def masked_points(feats, mask: np.ndarray, depth: np.ndarray, K, max_points: int, rng):
-    """Features (N, C) and lifted points (N, 3) of masked pixels with valid depth (a seeded subset)."""
+    """Features (N, C) and lifted points (N, 3) of masked pixels with valid depth (a seeded subset);
+    `feats` is a DenseMap (anything with `sample(u, v)`)."""
     v, u = np.nonzero(mask & (depth > 0))
     if len(u) > max_points:
         keep = np.sort(rng.choice(len(u), max_points, replace=False))
         u, v = u[keep], v[keep]
-    f = feats[:, v, u].T.numpy()
-    return f, registration.lift(u.astype(float), v.astype(float), depth[v, u], K)
+    return feats.sample(u, v), registration.lift(u.astype(float), v.astype(float), depth[v, u], K)
 
 
 def estimate_pair(fa, fb, ma, mb, va: View, vb: View, obj_id: int, ocfg: dict, seed: int):
@@ -150,15 +179,16 @@ def main(args, cfg) -> dict:
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device),
                             family_dense_mode(cfg, "ov6dpe"))
     scenes: dict = {}
-    views: dict = {}
-    feats: dict = {}
+    cache: dict = {}  # (scene, image) -> (View, DenseMap), bounded: pairs reuse views, full-size depth is large
 
     def view(ref):
         key = (int(ref["scene_id"]), int(ref["im_id"]))
-        if key not in views:
-            views[key] = View(root, split, *key, scenes)
-            feats[key] = pixel_features(model, views[key].rgb(), student)
-        return views[key], feats[key]
+        if key not in cache:
+            if len(cache) >= VIEW_CACHE:
+                cache.pop(next(iter(cache)))
+            v = View(root, split, *key, scenes)
+            cache[key] = (v, dense_map(model, v.rgb(), student))
+        return cache[key]
 
     estimates, n_matches, mask_ious = [], [], []
     for pair in tqdm(pairs, desc=f"ov6dpe {args.mask} {args.variant}", unit="pair"):
@@ -171,8 +201,8 @@ def main(args, cfg) -> dict:
         else:
             emb, _ = model.text([pair["prompt"]], ("{}",))
             emb = emb.float().cpu().numpy()[0]
-            ma, _ = text_mask(fa, emb, ocfg["text_threshold"])
-            mb, _ = text_mask(fb, emb, ocfg["text_threshold"])
+            ma = text_mask(fa.similarity(emb), ocfg["text_threshold"])
+            mb = text_mask(fb.similarity(emb), ocfg["text_threshold"])
             gt_b = vb.visible_mask(obj)
             mask_ious.append(float((mb & gt_b).sum() / max(1, (mb | gt_b).sum())))
         est, n = estimate_pair(fa, fb, ma, mb, va, vb, obj, ocfg, ocfg["seed"] + int(pair["pair"]))
