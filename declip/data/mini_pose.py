@@ -207,12 +207,9 @@ def make_pairs(wcfg: dict, objects: list[dict], seen: list[dict], prompt: str) -
 
 def generate(cfg: dict, out_dir: Path) -> dict:
     """Write the mini pose dataset (config `mini.worldpose`) to `out_dir`; MANIFEST.json last."""
-    from tqdm import tqdm
-
     wcfg = cfg["mini"]["worldpose"]
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)  # a stale world never mixes with a new one
     out.mkdir(parents=True)
     objects = choose_objects(wcfg)
     write_models(out, objects)
@@ -220,6 +217,8 @@ def generate(cfg: dict, out_dir: Path) -> dict:
     bop.save_json(out / "camera.json", {"width": wcfg["width"], "height": wcfg["height"], "depth_scale": 1.0,
                                         "fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]})
     floor = _floor(wcfg["floor_size"] / 2)
+    from tqdm import tqdm
+
     seen = []
     for scene in tqdm(range(1, wcfg["n_scenes"] + 1), desc="mini pose scenes", unit="scene"):
         seen += write_scene(out, wcfg, objects, scene, K, floor)
