@@ -105,3 +105,14 @@ def test_ply_roundtrip_and_ascii(tmp_path):
     quad = ply.read_ply(tmp_path / "b.ply")
     assert quad.vertices.shape == (4, 3) and quad.colors is None
     np.testing.assert_array_equal(quad.faces, [[0, 1, 2], [0, 2, 3]])
+
+
+def test_binary_ply_with_a_quad_takes_the_general_path(tmp_path):
+    head = ("ply\nformat binary_little_endian 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+            "property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n").encode()
+    verts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], "<f4").tobytes()
+    face = np.array([4], "u1").tobytes() + np.array([0, 1, 2, 3], "<i4").tobytes()
+    (tmp_path / "q.ply").write_bytes(head + verts + face)
+    quad = ply.read_ply(tmp_path / "q.ply")
+    np.testing.assert_array_equal(quad.faces, [[0, 1, 2], [0, 2, 3]])
+    np.testing.assert_allclose(quad.vertices[2], [1, 1, 0])

@@ -63,8 +63,9 @@ def _read_binary(f, fmt: str, elements: list) -> dict:
             _, (_, tn, ti) = props[0]
             dtype = np.dtype([("n", end + tn), ("i", end + ti, (3,))])
             pos = f.tell()
-            tris = np.frombuffer(f.read(dtype.itemsize * count), dtype=dtype, count=count) if count else None
-            if count == 0 or (len(tris) == count and np.all(tris["n"] == 3)):
+            buf = f.read(dtype.itemsize * count)
+            tris = np.frombuffer(buf, dtype=dtype, count=count) if count and len(buf) == dtype.itemsize * count else None
+            if count == 0 or (tris is not None and np.all(tris["n"] == 3)):
                 out[name] = [{props[0][0]: r} for r in (tris["i"] if count else [])]
                 continue
             f.seek(pos)
