@@ -124,7 +124,8 @@ def _check_references(config: dict, schema: dict) -> None:
     problems = []
     presets = config["variant_presets"]
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
-             "tables.figure_variants": config["tables"]["figure_variants"]}
+             "tables.figure_variants": config["tables"]["figure_variants"],
+             "tables.ovvis_variants": config["tables"]["ovvis_variants"]}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -149,6 +150,7 @@ def _check_references(config: dict, schema: dict) -> None:
             ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
             ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"])]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
+    refs += [("evaluate.ovvis.benchmarks", b) for b in config["evaluate"]["ovvis"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
@@ -228,6 +230,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
 RULE_SECTIONS = {
     "dataset_mini2d": ["seed", "mini.world2d", "datasets"],
     "dataset_mini3d": ["seed", "mini.world3d", "datasets"],
+    "dataset_mini_video": ["seed", "mini.video", "datasets"],
     "download": [],
     "pretrain": ["seed", "mini.pretrain", "student", "datasets"],
     "teachers": ["seed", "student", "teachers", "datasets"],
@@ -235,9 +238,11 @@ RULE_SECTIONS = {
     "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
+    "evaluate_ovvis": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
+    "table_ovvis": ["preset", "variants", "tables", "evaluate"],
 }
 
 
@@ -286,6 +291,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
     return {
         "dataset_mini2d": "mini2d",
         "dataset_mini3d": "mini3d",
+        "dataset_mini_video": "mini_video",
         "pretrain": "mini2d",
         "teachers": config["distill"]["dataset"],
         "distill": config["distill"]["dataset"],

@@ -1,4 +1,4 @@
-"""`declip dataset <mini2d|mini3d|download>`: synthesise a mini world or download a full-scale dataset."""
+"""`declip dataset <mini2d|mini3d|mini_video|download>`: synthesise a mini world or download a full-scale dataset."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("mini3d", help="Generate the mini 3D world (ScanNet format).")
     p.add_argument("--out", default="data/mini3d", help="Dataset root.")
     p.set_defaults(_sub=mini3d)
+    p = sub.add_parser("mini_video", help="Generate the mini video world (YouTube-VIS layout, LV-VIS partitions).")
+    p.add_argument("--out", default="data/mini_video", help="Dataset root; MANIFEST.json is written there last.")
+    p.set_defaults(_sub=mini_video)
     p = sub.add_parser("download", help="Download and verify a full-scale dataset or weights from its manifest.")
     p.add_argument("--dataset", required=True, help="Manifest name (workflow/manifests/<name>.yaml) or a manifest path.")
     p.add_argument("--out", required=True, help="Marker JSON written when every file is verified (the rule's output).")
@@ -41,6 +44,14 @@ def mini3d(args, cfg) -> dict:
     from declip.data import mini3d as gen
 
     gen.generate(cfg, resolve_path(args.out))  # counts: MANIFEST.json (the rule's output)
+    return {}
+
+
+def mini_video(args, cfg) -> dict:
+    from declip.config import resolve_path
+    from declip.data.mini_video import generate
+
+    generate(cfg, resolve_path(args.out))  # counts: MANIFEST.json (the rule's output)
     return {}
 
 

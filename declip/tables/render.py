@@ -20,6 +20,8 @@ from declip.tables.registry import (
     OV3D,
     OV3D_HOSTS,
     OV3D_MODES,
+    OVVIS,
+    OVVIS_TRACKS,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -54,6 +56,9 @@ class Layout:
     hosts: list[str]
     modes: list[str]
     ov3d_variants: list[str] = field(default_factory=list)  # Table 2's row order
+    ovvis_benchmarks: list[str] = field(default_factory=list)
+    ovvis_tracks: list[str] = field(default_factory=list)
+    ovvis_variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,7 +122,8 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     for b in store.subdirs(TFSEG):
         found_2d.update(store.subdirs(TFSEG, b))
     found_3d = {v for h in store.subdirs(OV3D) for m in store.subdirs(OV3D, h) for v in store.subdirs(OV3D, h, m)}
-    preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])))
+    preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])
+                                   + list(cfg.get("tables", {}).get("ovvis_variants") or [])))
     # 2D tables: the configured variants (and their order) win, files of variants no longer configured
     # are stale. Table 2 also shows any other variant's 3D metrics (schema: tables.table2_variants).
     variants = preferred or sorted(found_2d)
@@ -146,8 +152,14 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     ov = ev.get("ov3d", {})
     hosts = list(ov.get("hosts") or _ordered(store.subdirs(OV3D), OV3D_HOSTS))
     modes = list(ov.get("modes") or _ordered(sorted({m for h in hosts for m in store.subdirs(OV3D, h)}), OV3D_MODES))
+    vv = ev.get("ovvis", {})
+    vbench = list(vv.get("benchmarks") or store.subdirs(OVVIS))
+    vtracks = list(vv.get("tracks") or _ordered(sorted({t for b in vbench for t in store.subdirs(OVVIS, b)}), OVVIS_TRACKS))
+    found_vis = {v for b in vbench for t in vtracks for v in store.subdirs(OVVIS, b, t)}
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
-                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants)
+                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
+                  ovvis_benchmarks=vbench, ovvis_tracks=vtracks,
+                  ovvis_variants=preferred + sorted(found_vis - set(preferred)))
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -177,6 +189,8 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(REGIONCLF, dataset=layout.regionclf_dataset, variant=variant), fld)
     if metric.family == OV3D:
         return _number(store.load(OV3D, host=host, mode=mode, variant=variant), fld)
+    if metric.family == OVVIS:  # groups are (benchmark, track source)
+        return _number(store.load(OVVIS, benchmark=host, tracks=mode, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -191,6 +205,8 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
         if m.get("protocol") == "host":
             return f"host: {row.ids['host']}"
         return f"feature protocol: ov3d ({row.ids['mode']})"
+    if families == [OVVIS]:
+        return f"feature protocol: ovvis ({row.ids['tracks']} tracks)"
     parts = [f"regionclf ({layout.regionclf_dataset})" if f == REGIONCLF else f for f in families]
     return "feature protocol: " + " + ".join(parts)
 
@@ -209,11 +225,16 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 
     if spec.family == OV3D:
         groups = [(h, md) for h in layout.hosts for md in layout.modes]
+    elif spec.family == OVVIS:
+        groups = [(b, t) for b in layout.ovvis_benchmarks for t in layout.ovvis_tracks]
     else:
         groups = [(None, None)]
-    variants = select_rows(spec.rows, layout.ov3d_variants if spec.family == OV3D else layout.variants)
+    row_pool = {OV3D: layout.ov3d_variants, OVVIS: layout.ovvis_variants}.get(spec.family, layout.variants)
+    variants = select_rows(spec.rows, row_pool)
     for host, mode in groups:
         ids = {"host": host, "mode": mode} if spec.family == OV3D else {}
+        if spec.family == OVVIS:
+            ids = {"benchmark": host, "tracks": mode}
         if spec.baseline is not None:
             label, key = spec.baseline
             base = Row({**ids, "variant": label}, "baseline")
@@ -244,6 +265,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 # ---------------------------------------------------------------- output
 
 def _id_fields(spec: TableSpec) -> list[str]:
+    if spec.family == OVVIS:
+        return ["benchmark", "tracks", "variant"]
     return ["host", "mode", "variant"] if spec.family == OV3D else ["variant"]
 
 

@@ -28,6 +28,7 @@ wildcard_constraints:
     benchmark=r"[A-Za-z0-9_\-]+",
     teacher=r"[A-Za-z0-9_\-]+",
     host=r"[A-Za-z0-9_\-]+",
+    tracks=r"[A-Za-z0-9_\-]+",
     mode=r"[A-Za-z0-9_\-]+",
     manifest=r"[A-Za-z0-9_\-]+",
 
@@ -51,7 +52,7 @@ def conf(rule_name):
 def dataset_marker(name):
     """The file that proves a dataset is complete: its MANIFEST (mini worlds) or its download marker."""
     spec = config["datasets"][name]
-    if spec["kind"] in ("mini2d", "mini3d"):
+    if spec["kind"] in ("mini2d", "mini3d", "mini_video"):
         return f"{spec['root']}/MANIFEST.json"
     if spec["kind"] == "manual":
         return f"{P['data']}/.downloads/{spec.get('manifest', name)}.manual.json"
@@ -135,4 +136,4 @@ def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 
 
-TABLE_IDS = [t for t in table_ids() if t != "table2"]
+TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ovvis")]  # those two have their own rules
