@@ -1,8 +1,8 @@
 """The mini video world: short seeded clips of the mini 2D world's objects, in the YouTube-VIS layout.
 
-Each clip is a static mini-2D background (`mini2d._background`: stuff textures) with 1..`max_objects`
+Each clip is a static mini-2D background (`mini2d._background`: stuff textures) with `min_objects`..`max_objects`
 THINGS moving in straight lines while turning; objects are painted in depth order, so later ones occlude
-earlier ones, and objects that drift past the border leave (or enter) the frame. A frame where an object
+earlier ones, and a share of them (`enter_leave`) enter or leave the frame across the border. A frame where an object
 has no visible pixel has a null segmentation, as in YouTube-VIS. Each object keeps its appearance over the
 clip (its surface is drawn from its own seed every frame). The vocabulary is `declip.data.vocab.THINGS`;
 `mini.video.novel` names the novel categories (LV-VIS `partition`: base 0, novel 2; the tiny CLIP saw every
@@ -54,14 +54,25 @@ def categories_json(novel: list[str]) -> list[dict]:
 
 
 def _object_tracks(size: int, n_frames: int, n_objects: int, vcfg: dict, rng) -> list[dict]:
-    """Kinematics per object: centre at the middle frame inside the image, constant velocity and spin."""
+    """Kinematics per object: centre at the middle frame (`mid`), constant velocity and spin. With probability
+    `enter_leave` an object instead crosses the border: it starts (enters) or ends (leaves) fully outside."""
     objs = []
+    t_mid = (n_frames - 1) / 2
     for k in rng.integers(0, len(THINGS), size=n_objects):
         r = rng.uniform(*mini2d.MULTI_RADIUS) * size
         speed = rng.uniform(*vcfg["speed"]) * size
         theta = rng.uniform(0, 2 * np.pi)
-        objs.append({"cat": THINGS[int(k)], "r": r, "mid": rng.uniform(0.1 * size, 0.9 * size, size=2),
-                     "vel": speed * np.array([np.sin(theta), np.cos(theta)]), "angle": rng.uniform(-0.25, 0.25),
+        mid = rng.uniform(0.1 * size, 0.9 * size, size=2)
+        vel = speed * np.array([np.sin(theta), np.cos(theta)])
+        if rng.random() < vcfg["enter_leave"]:
+            inside = rng.uniform(0.3 * size, 0.7 * size, size=2)
+            axis, side = int(rng.integers(2)), int(rng.integers(2))
+            outside = inside.copy()
+            outside[axis] = -1.5 * r if side == 0 else size + 1.5 * r  # no pixel of the shape reaches the frame
+            start, end = (outside, inside) if rng.random() < 0.5 else (inside, outside)
+            vel = (end - start) / max(n_frames - 1, 1)
+            mid = start + vel * t_mid
+        objs.append({"cat": THINGS[int(k)], "r": r, "mid": mid, "vel": vel, "angle": rng.uniform(-0.25, 0.25),
                      "spin": rng.uniform(-0.08, 0.08), "seed": int(rng.integers(2 ** 31))})
     return objs
 
