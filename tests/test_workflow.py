@@ -99,3 +99,19 @@ def test_slurm_preflight_without_sbatch(tmp_path):
     assert r.returncode != 0
     assert "sbatch" in r.stdout + r.stderr
     assert not (tmp_path / "data/mini2d/MANIFEST.json").exists()
+
+
+def test_dry_run_ovvis_mini_and_paper(tmp_path):
+    r = snakemake("-n", "--cores", "2", "results/tables/ovvis.csv", workdir=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    # clip, clipself, declip x (oracle, imperfect) on the mini video world
+    assert jobs["dataset_mini_video"] == 1 and jobs["evaluate_ovvis"] == 6 and jobs["table_ovvis"] == 1
+    r = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/presets/paper-b16.yaml"),
+                  "results/tables/ovvis.csv", workdir=tmp_path / "paper")
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    # LV-VIS: oracle + clipvis tracks; YouTube-VIS 2019/2021 and OVIS (GT not public): clipvis only; 3 variants
+    assert jobs["evaluate_ovvis"] == 15 and jobs["manual_dataset"] == 4 and "dataset_mini_video" not in jobs
+    for name in ("lvvis", "ytvis2019", "ytvis2021", "ovis"):
+        assert f"data/.downloads/{name}.manual.json" in r.stdout
