@@ -89,8 +89,8 @@ def test_imperfect_proposals_are_degraded(world):
     assert len(props) == len(gt["annotations"]) + n_distractors
     best = []
     for a in gt["annotations"]:
-        g = [metric._to_rle(s, 96, 96) for s in a["segmentations"]]
-        best.append(max(metric.track_iou([metric._to_rle(s, 96, 96) for s in p["segmentations"]], g)
+        g = [metric.to_rle(s, 96, 96) for s in a["segmentations"]]
+        best.append(max(metric.track_iou([metric.to_rle(s, 96, 96) for s in p["segmentations"]], g)
                         for p in props if p["video_id"] == a["video_id"]))
     assert 0.3 < np.mean(best) < 0.95
 

@@ -69,8 +69,8 @@ def interp_ap(is_tp_sorted, n_gt):
 
 def test_track_iou_null_frames_and_zip():
     a, b = box(0, 0, 10, 10), box(50, 50, 5, 10)
-    g = [ytvis._to_rle(uncompressed(m), H, W) if m is not None else None for m in (a, a, None)]
-    d = [ytvis._to_rle(compressed(m), H, W) if m is not None else None for m in (a, None, b)]
+    g = [ytvis.to_rle(uncompressed(m), H, W) if m is not None else None for m in (a, a, None)]
+    d = [ytvis.to_rle(compressed(m), H, W) if m is not None else None for m in (a, None, b)]
     # frame 0: 100/100; frame 1: GT only (+100 union); frame 2: result only (+50 union)
     assert ytvis.track_iou(d, g) == pytest.approx(100 / 250)
     # the shorter list decides (zip): frame 2 never counts

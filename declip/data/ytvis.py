@@ -88,17 +88,27 @@ def load_tracks(vs: VideoSet, source: str, spec: dict) -> list[dict]:
     return read_proposals(vs.root / files[source], vs)
 
 
-def decode(seg, h: int, w: int) -> np.ndarray | None:
-    """Bool (h, w) mask of one frame's segmentation (RLE, uncompressed RLE, polygons), None for null/empty."""
+def to_rle(seg, h: int, w: int):
+    """Compressed RLE (bytes counts) of one frame's segmentation: polygons (parts merged, as ytvos.py annToRLE),
+    uncompressed RLE (YouTube-VIS GT) or compressed RLE (results); None for a null frame."""
     from pycocotools import mask as mask_utils
 
     if not seg:
         return None
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]}
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    counts = seg["counts"]
+    return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def decode(seg, h: int, w: int) -> np.ndarray | None:
+    """Bool (h, w) mask of one frame's segmentation, None for a null or empty frame."""
+    from pycocotools import mask as mask_utils
+
+    rle = to_rle(seg, h, w)
+    if rle is None:
+        return None
     m = mask_utils.decode(rle).astype(bool)
     return m if m.any() else None

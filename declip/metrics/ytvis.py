@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from declip.data.ytvis import to_rle
 from declip.errors import UserFacingError
 
 AREA_RANGES = [[0 ** 2, 1e5 ** 2], [0 ** 2, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e5 ** 2]]
@@ -45,20 +46,6 @@ def load_json(path, what: str):
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise UserFacingError(f"{what} file {p} is not valid JSON ({e})") from e
-
-
-def _to_rle(seg, h: int, w: int):
-    """Compressed RLE of one frame's segmentation (polygons, uncompressed or compressed RLE), or None."""
-    from pycocotools import mask as mask_utils
-
-    if not seg:
-        return None
-    if isinstance(seg, list):  # polygons: parts merged into one mask (ytvos.py annToRLE)
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):  # uncompressed RLE
-        return mask_utils.frPyObjects(seg, h, w)
-    counts = seg["counts"]
-    return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def mean_area(areas) -> float:
@@ -93,7 +80,7 @@ def _prepare_tracks(anns: list[dict], videos: dict, gt: bool) -> list[dict]:
             raise UserFacingError(f"{'annotation' if gt else 'result'} {k} has video_id {vid!r}, which is not a video "
                                   "of the ground truth (results must use the GT file's video ids)")
         v = videos[vid]
-        segs = [_to_rle(s, v["height"], v["width"]) for s in ann.get("segmentations") or []]
+        segs = [to_rle(s, v["height"], v["width"]) for s in ann.get("segmentations") or []]
         if gt and ann.get("areas") is not None:
             areas = ann["areas"]
         else:
