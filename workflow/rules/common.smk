@@ -132,6 +132,18 @@ def ov3d_metrics(variants):
     return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]
 
 
+def ovvis_track_sources(benchmark):
+    """The configured video track sources a benchmark has: oracle needs public GT, files a `proposals` entry."""
+    spec = config["datasets"][benchmark]
+    have = ({"oracle"} if spec.get("gt_public", True) else set()) | set(spec.get("proposals") or {})
+    return [t for t in EV["ovvis"]["tracks"] if t in have]
+
+
+def ovvis_metrics(variants):
+    return [f"{R}/eval/ovvis/{b}/{t}/{v}/metrics.json" for b in EV["ovvis"]["benchmarks"]
+            for t in ovvis_track_sources(b) for v in variants]
+
+
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 

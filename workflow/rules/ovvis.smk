@@ -1,20 +1,6 @@
 # Open-vocabulary video instance segmentation (protocols.md section 6): the mini video world, the CLIP-VIS
 # feature protocol per benchmark x track source x variant, and its table (results/tables/ovvis.csv).
 
-OV = EV["ovvis"]
-
-
-def ovvis_track_sources(benchmark):
-    """The configured track sources this benchmark has: oracle needs public GT, files need a `proposals` entry."""
-    spec = config["datasets"][benchmark]
-    have = ({"oracle"} if spec.get("gt_public", True) else set()) | set(spec.get("proposals") or {})
-    return [t for t in OV["tracks"] if t in have]
-
-
-def ovvis_metrics(variants):
-    return [f"{R}/eval/ovvis/{b}/{t}/{v}/metrics.json" for b in OV["benchmarks"] for t in ovvis_track_sources(b)
-            for v in variants]
-
 
 rule dataset_mini_video:
     output:
