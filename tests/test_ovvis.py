@@ -151,3 +151,24 @@ def test_track_sources_and_errors(world, tmp_path):
     hidden = data.load_video_set("ytvis", dict(spec, gt_public=False))
     with pytest.raises(UserFacingError, match="not public"):
         data.oracle_tracks(hidden)
+
+
+def test_table_rows_and_paper_rows(tmp_path):
+    import csv
+
+    from declip.tables.render import render_tables
+
+    root = tmp_path / "eval"
+    for tracks, ap in (("oracle", 80.0), ("imperfect", 30.0)):
+        p = root / "ovvis/mini_video" / tracks / "declip/metrics.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"AP": ap, "AP50": 90.0, "AP75": None, "AP_base": 70.0, "AP_novel": 10.0}))
+    cfg = load()
+    render_tables(root, tmp_path / "tables", table_ids=["ovvis"], cfg=cfg)
+    rows = list(csv.DictReader((tmp_path / "tables/ovvis.csv").open()))
+    ours = [(r["benchmark"], r["tracks"], r["variant"], r["AP"], r["AP75"], r["protocol"]) for r in rows if r["preset"]]
+    assert ours == [("mini_video", "oracle", "declip", "80.0", "", "feature protocol: ovvis (oracle tracks)"),
+                    ("mini_video", "imperfect", "declip", "30.0", "", "feature protocol: ovvis (imperfect tracks)")]
+    paper = {r["variant"]: (r["AP.paper"], r["AP"]) for r in rows if r["protocol"] == "paper"}
+    assert paper == {"CLIP-VIS (OVIS) (paper)": ("18.5", ""), "CLIP-VIS + DeCLIP (OVIS) (paper)": ("22.2", "")}
+    assert "secondary source" in (tmp_path / "tables/ovvis.md").read_text()

@@ -29,5 +29,5 @@ def test_ovvis_table_from_nothing(tmp_path):
         for key in ("AP", "AP50", "AP75", "AP_base", "AP_novel"):
             assert 0.0 <= float(row[key]) <= 100.0
     paper = {row["variant"]: row["AP.paper"] for row in rows if row["protocol"] == "paper"}
-    assert paper == {"CLIP-VIS (paper, OVIS)": "18.5", "CLIP-VIS + DeCLIP (paper, OVIS)": "22.2"}
+    assert paper == {"CLIP-VIS (OVIS) (paper)": "18.5", "CLIP-VIS + DeCLIP (OVIS) (paper)": "22.2"}
     assert (tmp_path / "results/eval/ovvis/mini_video/oracle/clip/results.json").is_file()

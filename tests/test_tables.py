@@ -49,8 +49,8 @@ EXPECTED = {
     ("clip", "ov3d", "AP_common", None, "open3dis"): 21.2,
     ("clip", "ov3d", "AP_tail", None, "open3dis"): 21.8,
     ("declip", "ov3d", "AP_tail", None, "open3dis"): 27.7,
-    ("CLIP-VIS (paper, OVIS)", "ovvis", "AP", None, None): 18.5,
-    ("CLIP-VIS + DeCLIP (paper, OVIS)", "ovvis", "AP", None, None): 22.2,
+    ("CLIP-VIS (OVIS)", "ovvis", "AP", None, None): 18.5,
+    ("CLIP-VIS + DeCLIP (OVIS)", "ovvis", "AP", None, None): 22.2,
 }
 
 

@@ -112,7 +112,7 @@ _PEERS = "paper, TF-OVSS peers' averages (protocols.md section 2)"
 _JOURNAL_T2 = "journal Table 2 (protocols.md section 5)"
 _OVVIS_HEADLINE = "journal headline, OVIS, per a secondary source (protocols.md section 6)"
 # The journal's video numbers are CLIP-VIS's full pipeline on OVIS: shown as reference-only rows.
-_OVVIS_PEERS = {"CLIP-VIS (paper, OVIS)": 18.5, "CLIP-VIS + DeCLIP (paper, OVIS)": 22.2}
+_OVVIS_PEERS = {"CLIP-VIS (OVIS)": 18.5, "CLIP-VIS + DeCLIP (OVIS)": 22.2}
 
 
 def _region_refs(variant: str, thing: float, stuff: float, source: str) -> list[Reference]:
