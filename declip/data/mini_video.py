@@ -18,8 +18,8 @@ Layout (LV-VIS / YouTube-VIS val):
 <out>/MANIFEST.json                               written last
 ```
 Imperfect proposals (our choice, so that AP is not trivially high): every GT track, each frame's mask
-eroded or dilated by `proposal_morph` pixels, each non-null frame dropped with `proposal_drop`, in each clip
-with two or more tracks the first two swap identities from the middle frame on, plus
+eroded or dilated by `proposal_morph` pixels, each non-null frame dropped with `proposal_drop`, in a clip with
+two or more tracks (with probability `proposal_switch`) the first two swap identities for the last quarter, plus
 `proposal_distractors` background tracks per clip (a drifting box over the stuff); objectness 1.0.
 """
 
@@ -138,9 +138,9 @@ def imperfect_proposals(clips: dict[int, list[list[np.ndarray | None]]], size: i
                 mm = _morph(m, vcfg["proposal_morph"], dilate)
                 seq.append(mm if mm.any() else None)
             degraded.append(seq)
-        if len(degraded) >= 2:  # identity switch from the middle frame on
-            half = n_frames // 2
-            degraded[0][half:], degraded[1][half:] = degraded[1][half:], degraded[0][half:]
+        if len(degraded) >= 2 and rng.random() < vcfg["proposal_switch"]:  # identity switch late in the clip
+            t = int(round(0.75 * n_frames))
+            degraded[0][t:], degraded[1][t:] = degraded[1][t:], degraded[0][t:]
         for _ in range(vcfg["proposal_distractors"]):
             h, w = (rng.uniform(0.15, 0.35, size=2) * size).astype(int) + 1
             y, x = rng.uniform(0, size - h), rng.uniform(0, size - w)
