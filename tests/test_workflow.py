@@ -107,8 +107,9 @@ def test_dry_run_ovvis_mini_and_paper(tmp_path):
     jobs = _jobs(r.stdout)
     # clip, clipself, declip x (oracle, imperfect) on the mini video world
     assert jobs["dataset_mini_video"] == 1 and jobs["evaluate_ovvis"] == 6 and jobs["table_ovvis"] == 1
-    r = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/presets/paper-b16.yaml"),
-                  "results/tables/ovvis.csv", workdir=tmp_path / "paper")
+    (tmp_path / "paper").mkdir()
+    r = snakemake("-n", "--cores", "2", "results/tables/ovvis.csv",  # targets first: --configfile takes the rest
+                  "--configfile", str(ROOT / "workflow/presets/paper-b16.yaml"), workdir=tmp_path / "paper")
     assert r.returncode == 0, r.stderr + r.stdout
     jobs = _jobs(r.stdout)
     # LV-VIS: oracle + clipvis tracks; YouTube-VIS 2019/2021 and OVIS (GT not public): clipvis only; 3 variants
