@@ -22,6 +22,7 @@ include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ov6dpe.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/ovvis.smk"
 
 
 rule all:
@@ -30,6 +31,7 @@ rule all:
         rules.tables.output,
         rules.table2.output,
         rules.table_ov6dpe.output,
+        rules.table_ovvis.output,
         figure_outputs(config["tables"]["figure_variants"]),
 
 

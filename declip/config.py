@@ -125,7 +125,8 @@ def _check_references(config: dict, schema: dict) -> None:
     presets = config["variant_presets"]
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
              "evaluate.ov6dpe.variants": config["evaluate"]["ov6dpe"]["variants"],
-             "tables.figure_variants": config["tables"]["figure_variants"]}
+             "tables.figure_variants": config["tables"]["figure_variants"],
+             "tables.ovvis_variants": config["tables"]["ovvis_variants"]}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -152,6 +153,7 @@ def _check_references(config: dict, schema: dict) -> None:
             ("evaluate.ov6dpe.dataset", config["evaluate"]["ov6dpe"]["dataset"])]
     refs += [("evaluate.ov6dpe.datasets", b) for b in config["evaluate"]["ov6dpe"]["datasets"]]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
+    refs += [("evaluate.ovvis.benchmarks", b) for b in config["evaluate"]["ovvis"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
@@ -232,6 +234,7 @@ RULE_SECTIONS = {
     "dataset_mini2d": ["seed", "mini.world2d", "datasets"],
     "dataset_mini3d": ["seed", "mini.world3d", "datasets"],
     "dataset_mini_pose": ["seed", "mini.worldpose", "datasets"],
+    "dataset_mini_video": ["seed", "mini.video", "datasets"],
     "download": [],
     "pretrain": ["seed", "mini.pretrain", "student", "datasets"],
     "teachers": ["seed", "student", "teachers", "datasets"],
@@ -240,10 +243,12 @@ RULE_SECTIONS = {
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov6dpe": ["seed", "student", "method", "evaluate", "datasets"],
+    "table_ov6dpe": ["preset", "tables", "evaluate"],
+    "evaluate_ovvis": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
-    "table_ov6dpe": ["preset", "tables", "evaluate"],
+    "table_ovvis": ["preset", "variants", "tables", "evaluate"],
 }
 
 
@@ -293,6 +298,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "dataset_mini2d": "mini2d",
         "dataset_mini3d": "mini3d",
         "dataset_mini_pose": "mini_pose",
+        "dataset_mini_video": "mini_video",
         "pretrain": "mini2d",
         "teachers": config["distill"]["dataset"],
         "distill": config["distill"]["dataset"],

@@ -113,3 +113,18 @@ def test_dry_run_ov6dpe_mini_and_paper(tmp_path):
     # REAL275 and Toyota-Light (manual steps) x oracle/text masks x clip/clipself/declip
     assert jobs["manual_dataset"] == 2 and jobs["evaluate_ov6dpe"] == 12 and jobs["table_ov6dpe"] == 1
     assert "dataset_mini_pose" not in jobs
+def test_dry_run_ovvis_mini_and_paper(tmp_path):
+    r = snakemake("-n", "--cores", "2", "results/tables/ovvis.csv", workdir=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    # clip, clipself, declip x (oracle, imperfect) on the mini video world
+    assert jobs["dataset_mini_video"] == 1 and jobs["evaluate_ovvis"] == 6 and jobs["table_ovvis"] == 1
+    (tmp_path / "paper").mkdir()
+    r = snakemake("-n", "--cores", "2", "results/tables/ovvis.csv",  # targets first: --configfile takes the rest
+                  "--configfile", str(ROOT / "workflow/presets/paper-b16.yaml"), workdir=tmp_path / "paper")
+    assert r.returncode == 0, r.stderr + r.stdout
+    jobs = _jobs(r.stdout)
+    # LV-VIS: oracle + clipvis tracks; YouTube-VIS 2019/2021 and OVIS (GT not public): clipvis only; 3 variants
+    assert jobs["evaluate_ovvis"] == 15 and jobs["manual_dataset"] == 4 and "dataset_mini_video" not in jobs
+    for name in ("lvvis", "ytvis2019", "ytvis2021", "ovis"):
+        assert f"data/.downloads/{name}.manual.json" in r.stdout

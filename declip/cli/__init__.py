@@ -29,7 +29,7 @@ VERBS = {
     "distill": "Distil one variant (DeCLIP and its ablations) into an open_clip checkpoint.",
     "bench": "Benchmarks that print figures (e.g. `declip bench distill`).",
     "evaluate": "Run one task family's feature protocol on one benchmark and variant.",
-    "score": "Score predictions in a benchmark's official formats (semseg, scannet200, bop).",
+    "score": "Score predictions in a benchmark's official formats (semseg, scannet200, bop, ytvis).",
     "tables": "Render the paper's tables from metrics files.",
     "figures": "Draw the affinity and segmentation figures for a variant.",
 }

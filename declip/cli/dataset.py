@@ -1,4 +1,4 @@
-"""`declip dataset <mini2d|mini3d|mini_pose|download>`: synthesise a mini world or download a full-scale dataset."""
+"""`declip dataset <mini2d|mini3d|mini_pose|mini_video|download>`: synthesise a mini world or download a full-scale dataset."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("mini_pose", help="Generate the mini pose world (BOP format with anchor/query pairs).")
     p.add_argument("--out", default="data/mini_pose", help="Dataset root.")
     p.set_defaults(_sub=mini_pose)
+    p = sub.add_parser("mini_video", help="Generate the mini video world (YouTube-VIS layout, LV-VIS partitions).")
+    p.add_argument("--out", default="data/mini_video", help="Dataset root; MANIFEST.json is written there last.")
+    p.set_defaults(_sub=mini_video)
     p = sub.add_parser("download", help="Download and verify a full-scale dataset or weights from its manifest.")
     p.add_argument("--dataset", required=True, help="Manifest name (workflow/manifests/<name>.yaml) or a manifest path.")
     p.add_argument("--out", required=True, help="Marker JSON written when every file is verified (the rule's output).")
@@ -52,6 +55,11 @@ def mini_pose(args, cfg) -> dict:
     from declip.data import mini_pose as gen
 
     gen.generate(cfg, resolve_path(args.out))  # counts: MANIFEST.json (the rule's output)
+def mini_video(args, cfg) -> dict:
+    from declip.config import resolve_path
+    from declip.data.mini_video import generate
+
+    generate(cfg, resolve_path(args.out))  # counts: MANIFEST.json (the rule's output)
     return {}
 
 

@@ -1,8 +1,7 @@
 """`declip evaluate <family>`: one task family's feature protocol on one dataset/benchmark and variant.
 
-Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5), `ov6dpe`
-(protocols.md 7). Each writes the family's metrics.json (docs/interfaces.md) and returns its headline numbers
-for tracking.
+Sub-verbs: one per family (`SUBVERBS` below, with the protocols.md section each follows). Each writes the
+family's metrics.json (docs/interfaces.md) and returns its headline numbers for tracking.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ SUBVERBS = {
     "tfseg": ("declip.evaluate.tfseg", "Training-free open-vocabulary semantic segmentation (sliding window, mIoU)."),
     "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
     "ov6dpe": ("declip.evaluate.ov6dpe", "Open-vocabulary 6D pose estimation, Oryon protocol (BOP AR, ADD(S))."),
+    "ovvis": ("declip.evaluate.ovvis", "Open-vocabulary video instance segmentation feature protocol (CLIP-VIS; YouTube-VIS AP)."),
 }
 
 
@@ -47,6 +47,11 @@ def add_arguments(parser) -> None:
             p.add_argument("--dataset", default=None, help="A key of `datasets` (BOP format with a pair list); "
                                                            "default evaluate.ov6dpe.dataset.")
             p.add_argument("--mask", default="oracle", help="oracle (GT visible masks) or text (prompt similarity).")
+        elif name == "ovvis":
+            p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
+                           help="A key of `datasets` (one of evaluate.ovvis.benchmarks); needed when several are configured.")
+            p.add_argument("--tracks", default="oracle",
+                           help="oracle (GT tracks) or a key of the dataset's `proposals` (class-agnostic tracks file).")
 
 
 def run(args, cfg) -> dict:

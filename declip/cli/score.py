@@ -1,7 +1,6 @@
 """`declip score <family>`: score predictions given in a benchmark's official file formats.
 
-Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics), `scannet200` (ScanNet benchmark
-instance AP) and `bop` (BOP19 pose AR). Each prints their scores as JSON on stdout.
+Sub-verbs: one per benchmark format (`SUBVERBS` below). Each prints its scores as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ SUBVERBS = {
     "semseg": ("declip.metrics.semseg", "mIoU / aAcc / per-class IoU of index-PNG predictions (mmseg IoUMetric)."),
     "scannet200": ("declip.metrics.scannet200", "ScanNet200 instance AP (AP, AP50, AP25, head/common/tail)."),
     "bop": ("declip.metrics.bop", "BOP19 6D pose AR (VSD, MSSD, MSPD) and ADD(S)-0.1d of a BOP19 results CSV."),
+    "ytvis": ("declip.metrics.ytvis", "YouTube-VIS / LV-VIS / OVIS video instance AP (AP, AP50, AP75, APs/m/l, AR1, AR10; "
+                                      "LV-VIS base/novel)."),
 }
 
 
@@ -23,6 +24,10 @@ def add_arguments(parser) -> None:
             p.add_argument("--split", default="test", help="Split folder under the root (default test).")
             p.add_argument("--targets", default="test_targets_bop19.json", help="Targets file at the root.")
             p.add_argument("--vsd-delta", type=float, default=15.0, help="VSD delta in mm (BOP19: 15).")
+            continue
+        if name == "ytvis":
+            p.add_argument("--gt", required=True, help="Ground-truth annotation JSON (videos, categories, annotations).")
+            p.add_argument("--pred", required=True, help="Results JSON (video_id, category_id, score, segmentations).")
             continue
         p.add_argument("--gt", required=True, help="Ground-truth folder.")
         p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")

@@ -160,3 +160,22 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
 )
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"vild": VILD_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
+
+# CLIP-VIS's 14 prompts (`VILD_PROMPT` in zwq456/CLIP-VIS clipvis/clipvis_video.py, from FC-CLIP), `{}` = name;
+# the host averages the normalised template embeddings per name, as `declip.evaluate.text` does.
+CLIPVIS_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 # Families whose metrics files the tables read (docs/interfaces.md "Evaluation").
 REGIONCLF, TFSEG, OV3D = "regionclf", "tfseg", "ov3d"
 OV6DPE = "ov6dpe"
+OVVIS = "ovvis"
 
 # Path of one metrics file under the metrics root, per family (docs/interfaces.md "Evaluation").
 METRICS_PATHS = {
@@ -20,6 +21,7 @@ METRICS_PATHS = {
     TFSEG: "tfseg/{benchmark}/{variant}/metrics.json",
     OV3D: "ov3d/{host}/{mode}/{variant}/metrics.json",
     OV6DPE: "ov6dpe/{dataset}/{mask}/{variant}/metrics.json",
+    OVVIS: "ovvis/{benchmark}/{tracks}/{variant}/metrics.json",
 }
 
 REGION_FIELDS = ("thing_top1", "thing_top5", "stuff_top1", "stuff_top5")
@@ -29,6 +31,8 @@ OV3D_HOSTS = ("openmask3d", "open3dis")
 OV3D_MODES = ("crops", "dense")
 OV6DPE_FIELDS = ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "ADDS")  # BOP19 AR, its parts, ADD(S)-0.1d recall
 OV6DPE_MASKS = ("oracle", "text")
+OVVIS_FIELDS = ("AP", "AP50", "AP75", "AR1", "AR10", "AP_base", "AP_novel")  # YouTube-VIS API + LV-VIS split
+OVVIS_TRACKS = ("oracle",)  # track sources shown first; proposal files follow by name
 
 # The 8 benchmarks of CVPR Table 5 in the paper's order: config key -> the paper's column name.
 PAPER_TFSEG_BENCHMARKS = {
@@ -112,6 +116,9 @@ _JOURNAL_AVG = "journal, TF-OVSS average (protocols.md section 2)"
 # protocols.md lists the peers' averages after CVPR Table 5 and the journal average without naming the table.
 _PEERS = "paper, TF-OVSS peers' averages (protocols.md section 2)"
 _JOURNAL_T2 = "journal Table 2 (protocols.md section 5)"
+_OVVIS_HEADLINE = "journal headline, OVIS, per a secondary source (protocols.md section 6)"
+# The journal's video numbers are CLIP-VIS's full pipeline on OVIS: shown as reference-only rows.
+_OVVIS_PEERS = {"CLIP-VIS (OVIS)": 18.5, "CLIP-VIS + DeCLIP (OVIS)": 22.2}
 
 
 def _region_refs(variant: str, thing: float, stuff: float, source: str) -> list[Reference]:
@@ -149,6 +156,7 @@ REFERENCES: tuple[Reference, ...] = tuple(
     + _ov3d_refs("openmask3d", "declip", {"AP_tail": 18.9})
     + _ov3d_refs("open3dis", "clip", {"AP": 23.7, "AP_head": 27.8, "AP_common": 21.2, "AP_tail": 21.8})
     + _ov3d_refs("open3dis", "declip", {"AP_tail": 27.7})
+    + [Reference(Metric(OVVIS, "AP"), peer, v, _OVVIS_HEADLINE) for peer, v in _OVVIS_PEERS.items()]
 )
 
 _RC_ABLATION_COLUMNS = (_rc("rois", "thing_top1"), _rc("rois", "stuff_top1"),
@@ -209,6 +217,18 @@ TABLES: dict[str, TableSpec] = {t.id: t for t in (
                "Ours: the feature protocol (dense features, oracle or text-similarity masks, mutual nearest "
                "neighbours, RANSAC over Kabsch fits), not Oryon's trained decoder; AR = mean of AR_VSD, AR_MSSD "
                "and AR_MSPD (BOP19), in percent.")),
+    TableSpec(
+        "ovvis", "Open-vocabulary video instance segmentation (CLIP-VIS feature protocol, YouTube-VIS AP)", OVVIS,
+        rows=None, columns=tuple(Metric(OVVIS, f) for f in OVVIS_FIELDS), peers=tuple(_OVVIS_PEERS),
+        notes=("Rows are benchmark x track source x variant: `oracle` tracks are the GT masks (the backbone alone); "
+               "other sources are class-agnostic track proposals read from a results-format file (on the mini "
+               "world, `imperfect`: GT tracks eroded/dilated, frames dropped, an identity switch, a distractor).",
+               "The paper rows are CLIP-VIS's full pipeline (its own tracks and heads) on OVIS, as protocols.md "
+               "reports them from a secondary source; the journal's other video numbers are not given there, "
+               "so no other cell has a paper value.",
+               "AP_base / AP_novel average over the categories of LV-VIS `partition` 0/1 and 2/3; empty where the "
+               "benchmark has no partitions. Benchmarks without public GT (YouTube-VIS, OVIS val) are scored by "
+               "their servers: their rows stay empty here.")),
     TableSpec(
         "table2", "Journal Table 2: open-vocabulary 3D instance segmentation on ScanNet200", OV3D,
         rows=None, columns=tuple(_ov(f) for f in OV3D_FIELDS), baseline=("random labels", "random_labels"),

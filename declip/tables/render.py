@@ -22,6 +22,8 @@ from declip.tables.registry import (
     OV3D_MODES,
     OV6DPE,
     OV6DPE_MASKS,
+    OVVIS,
+    OVVIS_TRACKS,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -59,6 +61,9 @@ class Layout:
     ov6dpe_datasets: list[str] = field(default_factory=list)
     ov6dpe_masks: list[str] = field(default_factory=list)
     ov6dpe_variants: list[str] = field(default_factory=list)
+    ovvis_benchmarks: list[str] = field(default_factory=list)
+    ovvis_tracks: list[str] = field(default_factory=list)
+    ovvis_variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -122,7 +127,8 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     for b in store.subdirs(TFSEG):
         found_2d.update(store.subdirs(TFSEG, b))
     found_3d = {v for h in store.subdirs(OV3D) for m in store.subdirs(OV3D, h) for v in store.subdirs(OV3D, h, m)}
-    preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])))
+    preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])
+                                   + list(cfg.get("tables", {}).get("ovvis_variants") or [])))
     # 2D tables: the configured variants (and their order) win, files of variants no longer configured
     # are stale. Table 2 also shows any other variant's 3D metrics (schema: tables.table2_variants).
     variants = preferred or sorted(found_2d)
@@ -157,9 +163,15 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
                                                     OV6DPE_MASKS))
     found_pose = {v for d in pose_datasets for m in pose_masks for v in store.subdirs(OV6DPE, d, m)}
     pose_variants = list(pose.get("variants") or []) or (preferred + sorted(found_pose - set(preferred)))
+    vv = ev.get("ovvis", {})
+    vbench = list(vv.get("benchmarks") or store.subdirs(OVVIS))
+    vtracks = list(vv.get("tracks") or _ordered(sorted({t for b in vbench for t in store.subdirs(OVVIS, b)}), OVVIS_TRACKS))
+    found_vis = {v for b in vbench for t in vtracks for v in store.subdirs(OVVIS, b, t)}
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
                   classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
-                  ov6dpe_datasets=pose_datasets, ov6dpe_masks=pose_masks, ov6dpe_variants=pose_variants)
+                  ov6dpe_datasets=pose_datasets, ov6dpe_masks=pose_masks, ov6dpe_variants=pose_variants,
+                  ovvis_benchmarks=vbench, ovvis_tracks=vtracks,
+                  ovvis_variants=preferred + sorted(found_vis - set(preferred)))
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -191,6 +203,8 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(OV3D, host=host, mode=mode, variant=variant), fld)
     if metric.family == OV6DPE:  # groups of (dataset, mask) ride in the (host, mode) slots
         return _number(store.load(OV6DPE, dataset=host, mask=mode, variant=variant), fld)
+    if metric.family == OVVIS:  # groups are (benchmark, track source)
+        return _number(store.load(OVVIS, benchmark=host, tracks=mode, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -207,6 +221,8 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
         return f"feature protocol: ov3d ({row.ids['mode']})"
     if families == [OV6DPE]:
         return f"feature protocol: ov6dpe ({row.ids['mask']} masks)"
+    if families == [OVVIS]:
+        return f"feature protocol: ovvis ({row.ids['tracks']} tracks)"
     parts = [f"regionclf ({layout.regionclf_dataset})" if f == REGIONCLF else f for f in families]
     return "feature protocol: " + " + ".join(parts)
 
@@ -227,13 +243,15 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
         groups = [(h, md) for h in layout.hosts for md in layout.modes]
     elif spec.family == OV6DPE:
         groups = [(d, mk) for d in layout.ov6dpe_datasets for mk in layout.ov6dpe_masks]
+    elif spec.family == OVVIS:
+        groups = [(b, t) for b in layout.ovvis_benchmarks for t in layout.ovvis_tracks]
     else:
         groups = [(None, None)]
-    row_pool = {OV3D: layout.ov3d_variants, OV6DPE: layout.ov6dpe_variants}.get(spec.family, layout.variants)
+    row_pool = {OV3D: layout.ov3d_variants, OV6DPE: layout.ov6dpe_variants,
+                OVVIS: layout.ovvis_variants}.get(spec.family, layout.variants)
     variants = select_rows(spec.rows, row_pool)
     for host, mode in groups:
-        ids = {"host": host, "mode": mode} if spec.family == OV3D else (
-            {"dataset": host, "mask": mode} if spec.family == OV6DPE else {})
+        ids = dict(zip(_id_fields(spec)[:2], (host, mode))) if spec.family in (OV3D, OV6DPE, OVVIS) else {}
         if spec.baseline is not None:
             label, key = spec.baseline
             base = Row({**ids, "variant": label}, "baseline")
@@ -266,6 +284,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 def _id_fields(spec: TableSpec) -> list[str]:
     if spec.family == OV6DPE:
         return ["dataset", "mask", "variant"]
+    if spec.family == OVVIS:
+        return ["benchmark", "tracks", "variant"]
     return ["host", "mode", "variant"] if spec.family == OV3D else ["variant"]
 
 

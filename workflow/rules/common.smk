@@ -28,6 +28,7 @@ wildcard_constraints:
     benchmark=r"[A-Za-z0-9_\-]+",
     teacher=r"[A-Za-z0-9_\-]+",
     host=r"[A-Za-z0-9_\-]+",
+    tracks=r"[A-Za-z0-9_\-]+",
     mode=r"[A-Za-z0-9_\-]+",
     manifest=r"[A-Za-z0-9_\-]+",
 
@@ -51,7 +52,7 @@ def conf(rule_name):
 def dataset_marker(name):
     """The file that proves a dataset is complete: its MANIFEST (mini worlds) or its download marker."""
     spec = config["datasets"][name]
-    if spec["kind"] in ("mini2d", "mini3d", "mini_pose"):
+    if spec["kind"] in ("mini2d", "mini3d", "mini_pose", "mini_video"):
         return f"{spec['root']}/MANIFEST.json"
     if spec["kind"] == "manual":
         return f"{P['data']}/.downloads/{spec.get('manifest', name)}.manual.json"
@@ -138,10 +139,20 @@ def ov6dpe_metrics(variants):
         for m in EV["ov6dpe"]["masks"]
         for v in variants
     ]
+def ovvis_track_sources(benchmark):
+    """The configured video track sources a benchmark has: oracle needs public GT, files a `proposals` entry."""
+    spec = config["datasets"][benchmark]
+    have = ({"oracle"} if spec.get("gt_public", True) else set()) | set(spec.get("proposals") or {})
+    return [t for t in EV["ovvis"]["tracks"] if t in have]
+
+
+def ovvis_metrics(variants):
+    return [f"{R}/eval/ovvis/{b}/{t}/{v}/metrics.json" for b in EV["ovvis"]["benchmarks"]
+            for t in ovvis_track_sources(b) for v in variants]
 
 
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 
 
-TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe")]  # those two have their own rules
+TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis")]  # these have their own rules
