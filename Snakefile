@@ -21,6 +21,7 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/ovd.smk"
 
 
 rule all:
@@ -28,6 +29,7 @@ rule all:
     input:
         rules.tables.output,
         rules.table2.output,
+        rules.table_ovd.output,
         figure_outputs(config["tables"]["figure_variants"]),
 
 

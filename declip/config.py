@@ -124,7 +124,8 @@ def _check_references(config: dict, schema: dict) -> None:
     problems = []
     presets = config["variant_presets"]
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
-             "tables.figure_variants": config["tables"]["figure_variants"]}
+             "tables.figure_variants": config["tables"]["figure_variants"],
+             "tables.ovd_variants": config["tables"]["ovd_variants"]}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -147,7 +148,9 @@ def _check_references(config: dict, schema: dict) -> None:
     datasets = config["datasets"]
     refs = [("distill.dataset", config["distill"]["dataset"]),
             ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
-            ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"])]
+            ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"]),
+            ("evaluate.ovd.dataset", config["evaluate"]["ovd"]["dataset"]),
+            ("evaluate.ovd.train_dataset", config["evaluate"]["ovd"]["train_dataset"])]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
@@ -235,6 +238,9 @@ RULE_SECTIONS = {
     "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
+    "train_detector": ["seed", "student", "method", "evaluate.ovd", "datasets"],
+    "evaluate_ovd": ["seed", "student", "method", "evaluate", "datasets"],
+    "table_ovd": ["preset", "tables", "evaluate"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
@@ -291,6 +297,8 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "distill": config["distill"]["dataset"],
         "evaluate_regionclf": ev["regionclf"]["dataset"],
         "evaluate_ov3d": ev["ov3d"]["dataset"],
+        "train_detector": ev["ovd"]["train_dataset"],
+        "evaluate_ovd": ev["ovd"]["dataset"],
         "figures": ev["regionclf"]["dataset"],
     }.get(rule, "")
 

@@ -1,6 +1,6 @@
 """`declip evaluate <family>`: one task family's feature protocol on one dataset/benchmark and variant.
 
-Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5). Each writes
+Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5), `ovd` (protocols.md 3). Each writes
 the family's metrics.json (docs/interfaces.md) and returns its headline numbers for tracking.
 """
 
@@ -10,6 +10,7 @@ SUBVERBS = {
     "regionclf": ("declip.evaluate.regionclf", "Region classification of COCO-panoptic segments (CLIPSelf protocol)."),
     "tfseg": ("declip.evaluate.tfseg", "Training-free open-vocabulary semantic segmentation (sliding window, mIoU)."),
     "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
+    "ovd": ("declip.evaluate.ovd", "Open-vocabulary detection: trained F-ViT-style detector or training-free box classification."),
 }
 
 
@@ -41,6 +42,11 @@ def add_arguments(parser) -> None:
             p.add_argument("--host", default="openmask3d", help="Host pipeline: openmask3d or open3dis.")
             p.add_argument("--mode", default="dense",
                            help="crops (image tower on multi-level crops) or dense (mask-pool the dense map).")
+        elif name == "ovd":
+            p.add_argument("--dataset", default=None, help="A key of `datasets` with boxes; default evaluate.ovd.dataset.")
+            p.add_argument("--mode", default="detector",
+                           help="detector (the trained detector, needs --detector) or boxclf (training-free).")
+            p.add_argument("--detector", default=None, help="Detector weights of `declip detector` (mode detector).")
 
 
 def run(args, cfg) -> dict:

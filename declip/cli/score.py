@@ -1,7 +1,8 @@
 """`declip score <family>`: score predictions given in a benchmark's official file formats.
 
-Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics) and `scannet200` (ScanNet benchmark
-instance AP). Both print their scores as JSON on stdout.
+Sub-verbs: `semseg` (index PNG folders, mmseg IoUMetric semantics), `scannet200` (ScanNet benchmark
+instance AP), `ovcoco` (COCO detections, F-ViT's OV-COCO AP50 by base/novel) and `lvis` (LVISEval box AP).
+All print their scores as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -9,15 +10,28 @@ from __future__ import annotations
 SUBVERBS = {
     "semseg": ("declip.metrics.semseg", "mIoU / aAcc / per-class IoU of index-PNG predictions (mmseg IoUMetric)."),
     "scannet200": ("declip.metrics.scannet200", "ScanNet200 instance AP (AP, AP50, AP25, head/common/tail)."),
+    "ovcoco": ("declip.metrics.ovcoco", "OV-COCO box AP50 of novel / base / all categories (F-ViT coco_ov.py)."),
+    "lvis": ("declip.metrics.lvis_ap", "LVIS v1 box AP, APr, APc, APf (official lvis LVISEval)."),
 }
+DETECTION = ("ovcoco", "lvis")
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name, (_, help_text) in SUBVERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--gt", required=True, help="Ground-truth folder.")
-        p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
+        if name in DETECTION:
+            p.add_argument("--gt", required=True, help="Ground-truth JSON (COCO instances / LVIS v1 format).")
+            p.add_argument("--pred", required=True,
+                           help="Detections JSON: a list of {image_id, category_id, bbox: [x, y, w, h], score}.")
+            p.add_argument("--max-dets", type=int, default=None,
+                           help="COCOeval maxDets (ovcoco default 1000 as F-ViT, OV-DQUO uses 100; lvis default 300).")
+        else:
+            p.add_argument("--gt", required=True, help="Ground-truth folder.")
+            p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
+        if name == "ovcoco":
+            p.add_argument("--split", default=None,
+                           help="JSON {base: [names], novel: [names]} (default: the OV-COCO 48/17 split of F-ViT).")
         if name == "semseg":
             p.add_argument("--num-classes", type=int, required=True, help="Number of classes K (labels 0..K-1).")
             p.add_argument("--ignore-index", type=int, default=255, help="Ground-truth label to ignore (default 255).")

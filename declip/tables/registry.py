@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 # Families whose metrics files the tables read (docs/interfaces.md "Evaluation").
 REGIONCLF, TFSEG, OV3D = "regionclf", "tfseg", "ov3d"
+OVD = "ovd"
 
 # Path of one metrics file under the metrics root, per family (docs/interfaces.md "Evaluation").
 METRICS_PATHS = {
     REGIONCLF: "regionclf/{dataset}/{variant}/metrics.json",
     TFSEG: "tfseg/{benchmark}/{variant}/metrics.json",
     OV3D: "ov3d/{host}/{mode}/{variant}/metrics.json",
+    OVD: "ovd/{dataset}/{mode}/{variant}/metrics.json",
 }
 
 REGION_FIELDS = ("thing_top1", "thing_top5", "stuff_top1", "stuff_top5")
@@ -25,6 +27,9 @@ REGION_CLASSIFIERS = ("rois", "maskpool", "crops")  # CLIPSelf protocol, protoco
 OV3D_FIELDS = ("AP", "AP50", "AP25", "AP_head", "AP_common", "AP_tail")  # journal Table 2 columns
 OV3D_HOSTS = ("openmask3d", "open3dis")
 OV3D_MODES = ("crops", "dense")
+# OV-COCO (declip.metrics.ovcoco) then OV-LVIS (declip.metrics.lvis_ap) columns; a run fills one group.
+OVD_FIELDS = ("AP50_novel", "AP50_base", "AP50_all", "APr", "APc", "APf", "AP")
+OVD_MODES = ("detector", "boxclf")
 
 # The 8 benchmarks of CVPR Table 5 in the paper's order: config key -> the paper's column name.
 PAPER_TFSEG_BENCHMARKS = {
@@ -106,6 +111,7 @@ _JOURNAL_AVG = "journal, TF-OVSS average (protocols.md section 2)"
 # protocols.md lists the peers' averages after CVPR Table 5 and the journal average without naming the table.
 _PEERS = "paper, TF-OVSS peers' averages (protocols.md section 2)"
 _JOURNAL_T2 = "journal Table 2 (protocols.md section 5)"
+_CVPR_T2 = "CVPR Table 2 (protocols.md section 3)"
 
 
 def _region_refs(variant: str, thing: float, stuff: float, source: str) -> list[Reference]:
@@ -122,6 +128,29 @@ _PEER_AVG = {"SCLIP": 38.2, "ClearCLIP": 38.1, "NACLIP": 39.4, "CLIP-DINOiser": 
 
 def _ov3d_refs(host: str, variant: str, values: dict[str, float]) -> list[Reference]:
     return [Reference(_ov(k), variant, v, _JOURNAL_T2, host=host) for k, v in values.items()]
+
+
+# CVPR Table 2: OV-COCO novel AP50 and OV-LVIS APr per (host + backbone, student scale).
+_OVD_PAPER = {("F-ViT", "clipself", "paper-b16"): (37.6, 25.3), ("F-ViT", "clipself", "paper-l14"): (44.3, 34.9),
+              ("F-ViT", "declip", "paper-b16"): (41.1, 26.8), ("F-ViT", "declip", "paper-l14"): (46.2, 37.2),
+              ("OV-DQUO", "declip", "paper-b16"): (46.1, 31.0), ("OV-DQUO", "declip", "paper-l14"): (48.3, 41.5)}
+_SCALE = {"paper-b16": "ViT-B/16", "paper-l14": "ViT-L/14"}
+_BACKBONE = {"clipself": "CLIPSelf", "declip": "DeCLIP"}
+OVD_PEERS = tuple(f"{host}+{_BACKBONE[v]} {_SCALE[p]}" for host, v, p in _OVD_PAPER)
+
+
+def _ovd_refs() -> list[Reference]:
+    """Reference-only peer rows for every preset, and on our F-ViT `detector` rows at the matching paper preset
+    (`host` holds the preset: the paper's number depends on the student's scale)."""
+    out = []
+    for (host, variant, preset), (coco, lvis) in _OVD_PAPER.items():
+        peer = f"{host}+{_BACKBONE[variant]} {_SCALE[preset]}"
+        out += [Reference(Metric(OVD, "AP50_novel"), peer, coco, _CVPR_T2),
+                Reference(Metric(OVD, "APr"), peer, lvis, _CVPR_T2)]
+        if host == "F-ViT":
+            out += [Reference(Metric(OVD, "AP50_novel"), variant, coco, _CVPR_T2, host=preset),
+                    Reference(Metric(OVD, "APr"), variant, lvis, _CVPR_T2, host=preset)]
+    return out
 
 
 REFERENCES: tuple[Reference, ...] = tuple(
@@ -143,6 +172,7 @@ REFERENCES: tuple[Reference, ...] = tuple(
     + _ov3d_refs("openmask3d", "declip", {"AP_tail": 18.9})
     + _ov3d_refs("open3dis", "clip", {"AP": 23.7, "AP_head": 27.8, "AP_common": 21.2, "AP_tail": 21.8})
     + _ov3d_refs("open3dis", "declip", {"AP_tail": 27.7})
+    + _ovd_refs()
 )
 
 _RC_ABLATION_COLUMNS = (_rc("rois", "thing_top1"), _rc("rois", "stuff_top1"),
@@ -194,6 +224,18 @@ TABLES: dict[str, TableSpec] = {t.id: t for t in (
     TableSpec(
         "abl_blocks", "Ablation: number of trainable last blocks", "ablation",
         rows=("blocks_*",), columns=_RC_ABLATION_COLUMNS, notes=(_TFSEG_AVG_NOTE,)),
+    TableSpec(
+        "ovd", "Open-vocabulary object detection (CVPR Table 2 family): novel / base AP50, by variant", OVD,
+        rows=None, columns=tuple(Metric(OVD, f) for f in OVD_FIELDS), peers=OVD_PEERS,
+        notes=("`detector` rows: the F-ViT-style detector (frozen variant backbone, simple pyramid, RPN, RoI head) "
+               "trained on base classes only, scores ensembled with the open-vocabulary box score as F-ViT; "
+               "`boxclf` rows: training-free classification of the ground-truth boxes (or a proposal file) by "
+               "RoIAlign of the dense map, no detector trained.",
+               "OV-COCO columns: AP50 at IoU 0.5 averaged over novel / base / all categories with ground truth "
+               "(F-ViT coco_ov.py); OV-LVIS columns: LVISEval box AP, APr (rare = novel), APc, APf.",
+               "Paper values are F-ViT+CLIPSelf / F-ViT+DeCLIP on our `clipself` / `declip` detector rows at the "
+               "matching paper preset (B/16 or L/14), and reference-only rows for every backbone scale and "
+               "OV-DQUO+DeCLIP (another host, not run here).")),
     TableSpec(
         "table2", "Journal Table 2: open-vocabulary 3D instance segmentation on ScanNet200", OV3D,
         rows=None, columns=tuple(_ov(f) for f in OV3D_FIELDS), baseline=("random labels", "random_labels"),

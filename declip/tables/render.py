@@ -20,6 +20,8 @@ from declip.tables.registry import (
     OV3D,
     OV3D_HOSTS,
     OV3D_MODES,
+    OVD,
+    OVD_MODES,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -54,6 +56,9 @@ class Layout:
     hosts: list[str]
     modes: list[str]
     ov3d_variants: list[str] = field(default_factory=list)  # Table 2's row order
+    ovd_dataset: str | None = None
+    ovd_modes: list[str] = field(default_factory=list)
+    ovd_variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,8 +151,24 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     ov = ev.get("ov3d", {})
     hosts = list(ov.get("hosts") or _ordered(store.subdirs(OV3D), OV3D_HOSTS))
     modes = list(ov.get("modes") or _ordered(sorted({m for h in hosts for m in store.subdirs(OV3D, h)}), OV3D_MODES))
+    ovd_dataset, ovd_modes, ovd_variants = _ovd_layout(store, cfg)
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
-                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants)
+                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
+                  ovd_dataset=ovd_dataset, ovd_modes=ovd_modes, ovd_variants=ovd_variants)
+
+
+def _ovd_layout(store: MetricsStore, cfg: dict) -> tuple[str | None, list[str], list[str]]:
+    """Detection axes: the configured evaluation set, modes and `tables.ovd_variants`, else those on disk."""
+    ovd = cfg.get("evaluate", {}).get("ovd", {})
+    datasets = store.subdirs(OVD)
+    ds = ovd.get("dataset") or (datasets[0] if len(datasets) == 1 else None)
+    if ds is None and len(datasets) > 1:
+        raise UserFacingError(f"detection metrics exist for several datasets ({', '.join(datasets)}); "
+                              "pass a config with evaluate.ovd.dataset")
+    modes = list(ovd.get("modes") or (_ordered(store.subdirs(OVD, ds), OVD_MODES) if ds else []))
+    found = sorted({v for m in modes for v in store.subdirs(OVD, ds, m)}) if ds else []
+    configured = list(cfg.get("tables", {}).get("ovd_variants") or [])
+    return ds, modes, configured + [v for v in found if v not in configured]
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -177,6 +198,10 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(REGIONCLF, dataset=layout.regionclf_dataset, variant=variant), fld)
     if metric.family == OV3D:
         return _number(store.load(OV3D, host=host, mode=mode, variant=variant), fld)
+    if metric.family == OVD:
+        if layout.ovd_dataset is None:
+            return None
+        return _number(store.load(OVD, dataset=layout.ovd_dataset, mode=mode, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -191,6 +216,11 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
         if m.get("protocol") == "host":
             return f"host: {row.ids['host']}"
         return f"feature protocol: ov3d ({row.ids['mode']})"
+    if families == [OVD]:
+        m = store.load(OVD, dataset=layout.ovd_dataset, mode=row.ids["mode"], variant=row.ids["variant"]) or {}
+        what = ("F-ViT-style detector trained on base classes" if row.ids["mode"] == "detector"
+                else "training-free box classification")
+        return f"{what} ({layout.ovd_dataset}, {m.get('scorer', 'ovcoco')} scorer)"
     parts = [f"regionclf ({layout.regionclf_dataset})" if f == REGIONCLF else f for f in families]
     return "feature protocol: " + " + ".join(parts)
 
@@ -209,11 +239,14 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 
     if spec.family == OV3D:
         groups = [(h, md) for h in layout.hosts for md in layout.modes]
+    elif spec.family == OVD:
+        groups = [(None, md) for md in layout.ovd_modes]
     else:
         groups = [(None, None)]
-    variants = select_rows(spec.rows, layout.ov3d_variants if spec.family == OV3D else layout.variants)
+    row_variants = {OV3D: layout.ov3d_variants, OVD: layout.ovd_variants}.get(spec.family, layout.variants)
+    variants = select_rows(spec.rows, row_variants)
     for host, mode in groups:
-        ids = {"host": host, "mode": mode} if spec.family == OV3D else {}
+        ids = {"host": host, "mode": mode} if spec.family == OV3D else ({"mode": mode} if spec.family == OVD else {})
         if spec.baseline is not None:
             label, key = spec.baseline
             base = Row({**ids, "variant": label}, "baseline")
@@ -228,7 +261,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
             row.values = {m: metric_value(store, layout, m, v, host, mode) for m in columns}
             if not any(val is not None for val in row.values.values()):
                 continue  # no computation behind this variant in this table
-            row.refs = refs(v, host)
+            # OVD: the paper's numbers are the F-ViT detector's at one student scale (keyed by preset).
+            row.refs = refs(v, layout.preset if mode == "detector" else None) if spec.family == OVD else refs(v, host)
             row.protocol = _protocol(store, layout, row)
             rows.append(row)
     for peer in spec.peers:
@@ -244,6 +278,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
 # ---------------------------------------------------------------- output
 
 def _id_fields(spec: TableSpec) -> list[str]:
+    if spec.family == OVD:
+        return ["mode", "variant"]
     return ["host", "mode", "variant"] if spec.family == OV3D else ["variant"]
 
 
@@ -318,6 +354,8 @@ def markdown(spec: TableSpec, layout: Layout, columns: list[Metric], header: lis
     lines = [f"# {spec.title}", "", f"Table `{spec.id}`; preset `{layout.preset}`; metrics from `{metrics_root}`."]
     if spec.family in (REGIONCLF, "ablation") and layout.regionclf_dataset:
         lines[-1] += f" Region classification on `{layout.regionclf_dataset}`."
+    if spec.family == OVD and layout.ovd_dataset:
+        lines[-1] += f" Detection evaluated on `{layout.ovd_dataset}`."
     lines.append("")
     if layout.preset == "mini":
         lines += [f"> {MINI_NOTE}", ""]
