@@ -2,31 +2,6 @@
 # classes (GPU, one job per variant; gpu > 1 runs under torchrun like distillation) -> evaluation of the
 # detector and of the training-free box classification -> results/tables/ovd.csv (+ .md).
 
-OVD = EV["ovd"]
-
-
-def ovd_data_inputs(name):
-    """What a box dataset depends on: its marker, the derived OV-COCO annotation file, COCO images for LVIS."""
-    spec = config["datasets"][name]
-    inputs = [dataset_marker(name)]
-    if spec.get("format") == "coco_ov":
-        inputs.append(f"{spec['root']}/{spec['annotations']}")
-    if spec.get("format") == "lvis":
-        inputs.append(f"{P['data']}/.downloads/coco.json")
-    return inputs
-
-
-def ovd_metrics(variants):
-    return [f"{R}/eval/ovd/{OVD['dataset']}/{m}/{v}/metrics.json" for m in OVD["modes"] for v in variants]
-
-
-def ovd_eval_inputs(wildcards):
-    inputs = {"data": ovd_data_inputs(wildcards.dataset), "ckpt": variant_checkpoint_inputs(wildcards)}
-    if wildcards.mode == "detector":
-        inputs["detector"] = f"{R}/ovd/{wildcards.variant}/detector.pt"
-    return inputs
-
-
 rule ovcoco_annotations:
     # OV-COCO split files derived from COCO 2017 instances (declip.data.detection.ovcoco_split).
     input:
@@ -37,7 +12,7 @@ rule ovcoco_annotations:
         job=job("download"),
         conf=conf("download"),
         keep=lambda w: "base" if w.kind.startswith("seen") else "all",
-        coco=f"{P['data']}/coco",
+        coco=lambda w, output: output[0].split("/annotations/ov/")[0],
     wildcard_constraints:
         split=r"train2017|val2017",
         kind=r"seen_2_65_cat|all_2",
