@@ -93,7 +93,9 @@ def _coco(tmp_path, name="instances_val.json"):
 def test_reader_drops_crowd_and_novel(tmp_path):
     _coco(tmp_path)
     spec = {"root": str(tmp_path), "split": "val", "format": "mini2d"}
-    data = detection.read_detection(spec, drop_names={"cat"})
+    full = detection.read_detection(spec)
+    assert [im.category_ids for im in full.images] == [[1, 5], [90]]  # the crowd box is not a training box
+    data = detection.drop_categories(full, {"cat"})
     assert [im.boxes for im in data.images] == [[[0, 0, 5, 5]], [[1, 1, 4, 4]]]
     assert data.images[0].path == tmp_path / "val" / "a.png"
     base, novel = detection.split_names({"novel": ["cat"], "scorer": "ovcoco"}, data.categories)

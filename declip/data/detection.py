@@ -69,8 +69,8 @@ def _image_path(spec: dict, im: dict) -> Path:
     return images.joinpath(*parts[-2:])
 
 
-def read_detection(spec: dict, drop_names: set[str] = frozenset()) -> DetectionDataset:
-    """The dataset with non-crowd boxes per image; annotations of `drop_names` removed (base-only training)."""
+def read_detection(spec: dict) -> DetectionDataset:
+    """The dataset with the non-crowd boxes of each image (`gt` keeps every annotation, for the scorer)."""
     path = annotation_path(spec)
     if not path.is_file():
         raise UserFacingError(f"box annotations {path} not found: run the dataset step for {spec['root']} first")
@@ -83,7 +83,7 @@ def read_detection(spec: dict, drop_names: set[str] = frozenset()) -> DetectionD
     images = {im["id"]: DetImage(int(im["id"]), _image_path(spec, im), int(im["width"]), int(im["height"]))
               for im in gt["images"]}
     for a in gt["annotations"]:
-        if a.get("iscrowd", 0) or name_of.get(a["category_id"]) in drop_names:
+        if a.get("iscrowd", 0):
             continue
         x, y, w, h = a["bbox"]
         if w < 1 or h < 1:  # F-ViT coco_ov.py _parse_ann_info skips these
@@ -94,6 +94,17 @@ def read_detection(spec: dict, drop_names: set[str] = frozenset()) -> DetectionD
         im.boxes.append([x, y, x + w, y + h])
         im.category_ids.append(a["category_id"])
     return DetectionDataset(path, gt, categories, sorted(images.values(), key=lambda i: i.id))
+
+
+def drop_categories(data: DetectionDataset, names: set[str]) -> DetectionDataset:
+    """The same dataset without the boxes of the named categories (the detector's base-only training set)."""
+    drop = {c["id"] for c in data.categories if c["name"] in names}
+    images = []
+    for im in data.images:
+        keep = [i for i, c in enumerate(im.category_ids) if c not in drop]
+        images.append(DetImage(im.id, im.path, im.width, im.height, [im.boxes[i] for i in keep],
+                               [im.category_ids[i] for i in keep]))
+    return DetectionDataset(data.gt_path, data.gt, data.categories, images)
 
 
 def split_names(settings: dict, categories: list[dict]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -113,8 +113,8 @@ def train(cfg: dict, variant: str, checkpoint: str | None, out: str | Path, devi
     import torch
     from tqdm import tqdm
 
-    from declip.data.detection import read_detection, split_names
-    from declip.data.images import load_image
+    from declip.data.detection import drop_categories, read_detection, split_names
+    from declip.data.images import load_image, normalize
     from declip.distill.data import step_indices, total_steps
     from declip.distill.trainer import init_distributed
     from declip.evaluate.fvit import FViT
@@ -122,10 +122,9 @@ def train(cfg: dict, variant: str, checkpoint: str | None, out: str | Path, devi
 
     settings, d = cfg["evaluate"]["ovd"], cfg["evaluate"]["ovd"]["detector"]
     dist_env, device = init_distributed(device_arg)
-    spec = dataset_spec(cfg, settings["train_dataset"])
-    probe = read_detection(spec)
-    base, novel = split_names(settings, probe.categories)
-    data = read_detection(spec, drop_names=set(novel))  # base annotations only (F-ViT's *_seen_* files)
+    data = read_detection(dataset_spec(cfg, settings["train_dataset"]))
+    base, novel = split_names(settings, data.categories)
+    data = drop_categories(data, set(novel))  # base annotations only (F-ViT's *_seen_* files)
     images = [im for im in data.images if im.boxes]  # mmdet filter_empty_gt
     if not images:
         raise UserFacingError(f"no image of {settings['train_dataset']} has a base-class box; check evaluate.ovd.novel")
@@ -159,8 +158,6 @@ def train(cfg: dict, variant: str, checkpoint: str | None, out: str | Path, devi
             im = images[i]
             img, boxes, keep = jitter(load_image(im.path), torch.tensor(im.boxes, dtype=torch.float32), size,
                                       d["scale_range"], bool(torch.rand(1, generator=gen) < d["flip"]), gen)
-            from declip.data.images import normalize
-
             batch.append(normalize(img, student["mean"], student["std"]))
             labels = torch.tensor([label_of[c] for c in im.category_ids])[keep]
             targets.append({"boxes": boxes[keep].to(device), "labels": labels.to(device)})
