@@ -238,6 +238,7 @@ RULE_SECTIONS = {
     "evaluate_regionclf": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
+    "ovcoco_annotations": [],
     "train_detector": ["seed", "student", "method", "evaluate.ovd", "datasets"],
     "evaluate_ovd": ["seed", "student", "method", "evaluate", "datasets"],
     "table_ovd": ["preset", "tables", "evaluate"],

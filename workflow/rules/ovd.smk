@@ -9,8 +9,8 @@ rule ovcoco_annotations:
     output:
         f"{P['data']}/coco/annotations/ov/instances_{{split}}_{{kind}}.json",
     params:
-        job=job("download"),
-        conf=conf("download"),
+        job=job("ovcoco_annotations"),
+        conf=conf("ovcoco_annotations"),
         keep=lambda w: "base" if w.kind.startswith("seen") else "all",
         coco=lambda w, output: output[0].split("/annotations/ov/")[0],
     wildcard_constraints:
