@@ -22,7 +22,7 @@ def test_ovd_table_from_nothing(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
     cmd = [sys.executable, "-m", "snakemake", "--directory", str(tmp_path), "--cores", "2", "--config", *CONFIG,
            "--", "results/tables/ovd.csv"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     det = torch_load(tmp_path / "results/ovd/clip/detector.pt")
     assert det["novel"] == ["lamp", "bucket", "pillow"] and det["steps"] == 3
