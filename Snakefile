@@ -23,6 +23,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ov6dpe.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/ovvis.smk"
+include: "workflow/rules/ovd.smk"
 
 
 rule all:
@@ -32,6 +33,7 @@ rule all:
         rules.table2.output,
         rules.table_ov6dpe.output,
         rules.table_ovvis.output,
+        rules.table_ovd.output,
         figure_outputs(config["tables"]["figure_variants"]),
 
 

@@ -126,7 +126,8 @@ def _check_references(config: dict, schema: dict) -> None:
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
              "evaluate.ov6dpe.variants": config["evaluate"]["ov6dpe"]["variants"],
              "tables.figure_variants": config["tables"]["figure_variants"],
-             "tables.ovvis_variants": config["tables"]["ovvis_variants"]}
+             "tables.ovvis_variants": config["tables"]["ovvis_variants"],
+             "tables.ovd_variants": config["tables"]["ovd_variants"]}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -150,7 +151,9 @@ def _check_references(config: dict, schema: dict) -> None:
     refs = [("distill.dataset", config["distill"]["dataset"]),
             ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
             ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"]),
-            ("evaluate.ov6dpe.dataset", config["evaluate"]["ov6dpe"]["dataset"])]
+            ("evaluate.ov6dpe.dataset", config["evaluate"]["ov6dpe"]["dataset"]),
+            ("evaluate.ovd.dataset", config["evaluate"]["ovd"]["dataset"]),
+            ("evaluate.ovd.train_dataset", config["evaluate"]["ovd"]["train_dataset"])]
     refs += [("evaluate.ov6dpe.datasets", b) for b in config["evaluate"]["ov6dpe"]["datasets"]]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
     refs += [("evaluate.ovvis.benchmarks", b) for b in config["evaluate"]["ovvis"]["benchmarks"]]
@@ -245,6 +248,10 @@ RULE_SECTIONS = {
     "evaluate_ov6dpe": ["seed", "student", "method", "evaluate", "datasets"],
     "table_ov6dpe": ["preset", "tables", "evaluate"],
     "evaluate_ovvis": ["seed", "student", "method", "evaluate", "datasets"],
+    "ovcoco_annotations": [],
+    "train_detector": ["seed", "student", "method", "evaluate.ovd", "datasets"],
+    "evaluate_ovd": ["seed", "student", "method", "evaluate", "datasets"],
+    "table_ovd": ["preset", "tables", "evaluate"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
@@ -304,6 +311,8 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "distill": config["distill"]["dataset"],
         "evaluate_regionclf": ev["regionclf"]["dataset"],
         "evaluate_ov3d": ev["ov3d"]["dataset"],
+        "train_detector": ev["ovd"]["train_dataset"],
+        "evaluate_ovd": ev["ovd"]["dataset"],
         "figures": ev["regionclf"]["dataset"],
     }.get(rule, "")
 

@@ -24,6 +24,11 @@ PAPER8 = ["voc21", "context60", "coco_object", "voc20", "cityscapes", "context59
 #   s5 "OpenMask3D 15.4 / 19.9 / 23.1 / 17.1 / 14.1 / 14.9 and with DeCLIP AP_tail 18.9; Open3DIS (2D+3D) AP 23.7,
 #       AP_head 27.8, AP_common 21.2, AP_tail 21.8 and with DeCLIP AP_tail 27.7"
 #   s6 "Journal headline: CLIP-VIS 18.5 -> 22.2 AP (OVIS, per a secondary source)"
+#   s3 "F-ViT+DeCLIP B/16 41.1, L/14 46.2 (CLIPSelf 37.6 / 44.3) OV-COCO novel AP50; OV-LVIS APr 26.8 / 37.2
+#       (25.3 / 34.9); OV-DQUO+DeCLIP 46.1 / 48.3 and 31.0 / 41.5"
+_OVD_HAND = {("F-ViT", "CLIPSelf", "B/16"): (37.6, 25.3), ("F-ViT", "CLIPSelf", "L/14"): (44.3, 34.9),
+             ("F-ViT", "DeCLIP", "B/16"): (41.1, 26.8), ("F-ViT", "DeCLIP", "L/14"): (46.2, 37.2),
+             ("OV-DQUO", "DeCLIP", "B/16"): (46.1, 31.0), ("OV-DQUO", "DeCLIP", "L/14"): (48.3, 41.5)}
 EXPECTED = {
     ("clipself", "regionclf", "rois.thing_top1", None, None): 69.5,
     ("clipself", "regionclf", "rois.stuff_top1", None, None): 44.6,
@@ -51,6 +56,11 @@ EXPECTED = {
     ("declip", "ov3d", "AP_tail", None, "open3dis"): 27.7,
     ("CLIP-VIS (OVIS)", "ovvis", "AP", None, None): 18.5,
     ("CLIP-VIS + DeCLIP (OVIS)", "ovvis", "AP", None, None): 22.2,
+    # OVD: reference-only rows, and the F-ViT numbers on our detector rows at the matching paper preset.
+    **{(f"{h}+{b} ViT-{s}", "ovd", f, None, None): v for (h, b, s), vals in _OVD_HAND.items()
+       for f, v in zip(("AP50_novel", "APr"), vals)},
+    **{(b.lower(), "ovd", f, None, f"paper-{s.replace('/', '').lower()}"): v for (h, b, s), vals in _OVD_HAND.items()
+       if h == "F-ViT" for f, v in zip(("AP50_novel", "APr"), vals)},
 }
 
 
@@ -61,7 +71,8 @@ def test_references_are_exactly_the_published_numbers():
     for r in registry.REFERENCES:
         assert r.source.strip()
         family_table = {"regionclf": ("CVPR Table 1", "Table 6"), "tfseg": ("CVPR Table 5", "journal", "paper, TF-OVSS peers"),
-                        "ov3d": ("journal Table 2",), "ovvis": ("journal headline",)}[r.metric.family]
+                        "ov3d": ("journal Table 2",), "ovvis": ("journal headline",),
+                        "ovd": ("CVPR Table 2",)}[r.metric.family]
         assert r.source.startswith(family_table)
 
 

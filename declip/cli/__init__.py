@@ -27,9 +27,10 @@ VERBS = {
     "features": "Extract DeCLIP dense features (content map and context tokens) to an .npz file.",
     "teachers": "Extract the teacher cache (VFM tokens, SD affinities) of a dataset once, resumably.",
     "distill": "Distil one variant (DeCLIP and its ablations) into an open_clip checkpoint.",
+    "detector": "Train the F-ViT-style open-vocabulary detector of one variant on base classes (frozen backbone).",
     "bench": "Benchmarks that print figures (e.g. `declip bench distill`).",
     "evaluate": "Run one task family's feature protocol on one benchmark and variant.",
-    "score": "Score predictions in a benchmark's official formats (semseg, scannet200, bop, ytvis).",
+    "score": "Score predictions in a benchmark's official formats (semseg, scannet200, bop, ytvis, ovcoco, lvis).",
     "tables": "Render the paper's tables from metrics files.",
     "figures": "Draw the affinity and segmentation figures for a variant.",
 }

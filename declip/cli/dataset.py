@@ -24,6 +24,12 @@ def add_arguments(parser) -> None:
     p.add_argument("--out", required=True, help="Marker JSON written when every file is verified (the rule's output).")
     p.add_argument("--root", default=None, help="Where the files go (default: the manifest's root).")
     p.set_defaults(_sub=download)
+    p = sub.add_parser("ovcoco", help="Derive an OV-COCO split annotation file (65 classes) from COCO 2017 instances.")
+    p.add_argument("--instances", required=True, help="COCO instances_<split>2017.json.")
+    p.add_argument("--keep", choices=["base", "all"], required=True,
+                   help="base: the 48 base classes' annotations (training file); all: the 65 classes (evaluation file).")
+    p.add_argument("--out", required=True, help="Annotation file to write.")
+    p.set_defaults(_sub=ovcoco)
     for p in sub.choices.values():  # let --job/--configfile also follow the sub-verb, without clobbering them
         p.add_argument("--job", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument("--configfile", action="append", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -72,3 +78,11 @@ def download(args, cfg) -> dict:
                         "published_checksums": sum(f.get("verified", "").startswith("published") for f in files)},
             "artifacts": [args.out]}
 
+
+
+def ovcoco(args, cfg) -> dict:
+    from declip.config import resolve_path
+    from declip.data.detection import ovcoco_split
+
+    counts = ovcoco_split(resolve_path(args.instances), resolve_path(args.out), args.keep)
+    return {"metrics": counts, "artifacts": [args.out]}

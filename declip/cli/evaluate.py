@@ -12,6 +12,7 @@ SUBVERBS = {
     "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
     "ov6dpe": ("declip.evaluate.ov6dpe", "Open-vocabulary 6D pose estimation, Oryon protocol (BOP AR, ADD(S))."),
     "ovvis": ("declip.evaluate.ovvis", "Open-vocabulary video instance segmentation feature protocol (CLIP-VIS; YouTube-VIS AP)."),
+    "ovd": ("declip.evaluate.ovd", "Open-vocabulary detection: trained F-ViT-style detector or training-free box classification."),
 }
 
 
@@ -52,6 +53,11 @@ def add_arguments(parser) -> None:
                            help="A key of `datasets` (one of evaluate.ovvis.benchmarks); needed when several are configured.")
             p.add_argument("--tracks", default="oracle",
                            help="oracle (GT tracks) or a key of the dataset's `proposals` (class-agnostic tracks file).")
+        elif name == "ovd":
+            p.add_argument("--dataset", default=None, help="A key of `datasets` with boxes; default evaluate.ovd.dataset.")
+            p.add_argument("--mode", default="detector",
+                           help="detector (the trained detector, needs --detector) or boxclf (training-free).")
+            p.add_argument("--detector", default=None, help="Detector weights of `declip detector` (mode detector).")
 
 
 def run(args, cfg) -> dict:

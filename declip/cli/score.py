@@ -11,7 +11,10 @@ SUBVERBS = {
     "bop": ("declip.metrics.bop", "BOP19 6D pose AR (VSD, MSSD, MSPD) and ADD(S)-0.1d of a BOP19 results CSV."),
     "ytvis": ("declip.metrics.ytvis", "YouTube-VIS / LV-VIS / OVIS video instance AP (AP, AP50, AP75, APs/m/l, AR1, AR10; "
                                       "LV-VIS base/novel)."),
+    "ovcoco": ("declip.metrics.ovcoco", "OV-COCO box AP50 of novel / base / all categories (F-ViT coco_ov.py)."),
+    "lvis": ("declip.metrics.lvis_ap", "LVIS v1 box AP, APr, APc, APf (official lvis LVISEval)."),
 }
+DETECTION = ("ovcoco", "lvis")
 
 
 def add_arguments(parser) -> None:
@@ -29,8 +32,18 @@ def add_arguments(parser) -> None:
             p.add_argument("--gt", required=True, help="Ground-truth annotation JSON (videos, categories, annotations).")
             p.add_argument("--pred", required=True, help="Results JSON (video_id, category_id, score, segmentations).")
             continue
-        p.add_argument("--gt", required=True, help="Ground-truth folder.")
-        p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
+        if name in DETECTION:
+            p.add_argument("--gt", required=True, help="Ground-truth JSON (COCO instances / LVIS v1 format).")
+            p.add_argument("--pred", required=True,
+                           help="Detections JSON: a list of {image_id, category_id, bbox: [x, y, w, h], score}.")
+            p.add_argument("--max-dets", type=int, default=None,
+                           help="COCOeval maxDets (ovcoco default 1000 as F-ViT, OV-DQUO uses 100; lvis default 300).")
+        else:
+            p.add_argument("--gt", required=True, help="Ground-truth folder.")
+            p.add_argument("--pred", required=True, help="Prediction folder (file names matching the ground truth).")
+        if name == "ovcoco":
+            p.add_argument("--split", default=None,
+                           help="JSON {base: [names], novel: [names]} (default: the OV-COCO 48/17 split of F-ViT).")
         if name == "semseg":
             p.add_argument("--num-classes", type=int, required=True, help="Number of classes K (labels 0..K-1).")
             p.add_argument("--ignore-index", type=int, default=255, help="Ground-truth label to ignore (default 255).")

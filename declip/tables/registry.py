@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 REGIONCLF, TFSEG, OV3D = "regionclf", "tfseg", "ov3d"
 OV6DPE = "ov6dpe"
 OVVIS = "ovvis"
+OVD = "ovd"
 
 # Path of one metrics file under the metrics root, per family (docs/interfaces.md "Evaluation").
 METRICS_PATHS = {
@@ -22,6 +23,7 @@ METRICS_PATHS = {
     OV3D: "ov3d/{host}/{mode}/{variant}/metrics.json",
     OV6DPE: "ov6dpe/{dataset}/{mask}/{variant}/metrics.json",
     OVVIS: "ovvis/{benchmark}/{tracks}/{variant}/metrics.json",
+    OVD: "ovd/{dataset}/{mode}/{variant}/metrics.json",
 }
 
 REGION_FIELDS = ("thing_top1", "thing_top5", "stuff_top1", "stuff_top5")
@@ -33,6 +35,9 @@ OV6DPE_FIELDS = ("AR", "AR_VSD", "AR_MSSD", "AR_MSPD", "ADDS")  # BOP19 AR, its 
 OV6DPE_MASKS = ("oracle", "text")
 OVVIS_FIELDS = ("AP", "AP50", "AP75", "AR1", "AR10", "AP_base", "AP_novel")  # YouTube-VIS API + LV-VIS split
 OVVIS_TRACKS = ("oracle",)  # track sources shown first; proposal files follow by name
+# OV-COCO (declip.metrics.ovcoco) then OV-LVIS (declip.metrics.lvis_ap) columns; a run fills one group.
+OVD_FIELDS = ("AP50_novel", "AP50_base", "AP50_all", "APr", "APc", "APf", "AP")
+OVD_MODES = ("detector", "boxclf")
 
 # The 8 benchmarks of CVPR Table 5 in the paper's order: config key -> the paper's column name.
 PAPER_TFSEG_BENCHMARKS = {
@@ -119,6 +124,7 @@ _JOURNAL_T2 = "journal Table 2 (protocols.md section 5)"
 _OVVIS_HEADLINE = "journal headline, OVIS, per a secondary source (protocols.md section 6)"
 # The journal's video numbers are CLIP-VIS's full pipeline on OVIS: shown as reference-only rows.
 _OVVIS_PEERS = {"CLIP-VIS (OVIS)": 18.5, "CLIP-VIS + DeCLIP (OVIS)": 22.2}
+_CVPR_T2 = "CVPR Table 2 (protocols.md section 3)"
 
 
 def _region_refs(variant: str, thing: float, stuff: float, source: str) -> list[Reference]:
@@ -135,6 +141,29 @@ _PEER_AVG = {"SCLIP": 38.2, "ClearCLIP": 38.1, "NACLIP": 39.4, "CLIP-DINOiser": 
 
 def _ov3d_refs(host: str, variant: str, values: dict[str, float]) -> list[Reference]:
     return [Reference(_ov(k), variant, v, _JOURNAL_T2, host=host) for k, v in values.items()]
+
+
+# CVPR Table 2: OV-COCO novel AP50 and OV-LVIS APr per (host + backbone, student scale).
+_OVD_PAPER = {("F-ViT", "clipself", "paper-b16"): (37.6, 25.3), ("F-ViT", "clipself", "paper-l14"): (44.3, 34.9),
+              ("F-ViT", "declip", "paper-b16"): (41.1, 26.8), ("F-ViT", "declip", "paper-l14"): (46.2, 37.2),
+              ("OV-DQUO", "declip", "paper-b16"): (46.1, 31.0), ("OV-DQUO", "declip", "paper-l14"): (48.3, 41.5)}
+_SCALE = {"paper-b16": "ViT-B/16", "paper-l14": "ViT-L/14"}
+_BACKBONE = {"clipself": "CLIPSelf", "declip": "DeCLIP"}
+OVD_PEERS = tuple(f"{host}+{_BACKBONE[v]} {_SCALE[p]}" for host, v, p in _OVD_PAPER)
+
+
+def _ovd_refs() -> list[Reference]:
+    """Reference-only peer rows for every preset, and on our F-ViT `detector` rows at the matching paper preset
+    (`host` holds the preset: the paper's number depends on the student's scale)."""
+    out = []
+    for (host, variant, preset), (coco, lvis) in _OVD_PAPER.items():
+        peer = f"{host}+{_BACKBONE[variant]} {_SCALE[preset]}"
+        out += [Reference(Metric(OVD, "AP50_novel"), peer, coco, _CVPR_T2),
+                Reference(Metric(OVD, "APr"), peer, lvis, _CVPR_T2)]
+        if host == "F-ViT":
+            out += [Reference(Metric(OVD, "AP50_novel"), variant, coco, _CVPR_T2, host=preset),
+                    Reference(Metric(OVD, "APr"), variant, lvis, _CVPR_T2, host=preset)]
+    return out
 
 
 REFERENCES: tuple[Reference, ...] = tuple(
@@ -157,6 +186,7 @@ REFERENCES: tuple[Reference, ...] = tuple(
     + _ov3d_refs("open3dis", "clip", {"AP": 23.7, "AP_head": 27.8, "AP_common": 21.2, "AP_tail": 21.8})
     + _ov3d_refs("open3dis", "declip", {"AP_tail": 27.7})
     + [Reference(Metric(OVVIS, "AP"), peer, v, _OVVIS_HEADLINE) for peer, v in _OVVIS_PEERS.items()]
+    + _ovd_refs()
 )
 
 _RC_ABLATION_COLUMNS = (_rc("rois", "thing_top1"), _rc("rois", "stuff_top1"),
@@ -229,6 +259,18 @@ TABLES: dict[str, TableSpec] = {t.id: t for t in (
                "AP_base / AP_novel average over the categories of LV-VIS `partition` 0/1 and 2/3; empty where the "
                "benchmark has no partitions. Benchmarks without public GT (YouTube-VIS, OVIS val) are scored by "
                "their servers: their rows stay empty here.")),
+    TableSpec(
+        "ovd", "Open-vocabulary object detection (CVPR Table 2 family): novel / base AP50, by variant", OVD,
+        rows=None, columns=tuple(Metric(OVD, f) for f in OVD_FIELDS), peers=OVD_PEERS,
+        notes=("`detector` rows: the F-ViT-style detector (frozen variant backbone, simple pyramid, RPN, RoI head) "
+               "trained on base classes only, scores ensembled with the open-vocabulary box score as F-ViT; "
+               "`boxclf` rows: training-free classification of the ground-truth boxes (or a proposal file) by "
+               "RoIAlign of the dense map, no detector trained.",
+               "OV-COCO columns: AP50 at IoU 0.5 averaged over novel / base / all categories with ground truth "
+               "(F-ViT coco_ov.py); OV-LVIS columns: LVISEval box AP, APr (rare = novel), APc, APf.",
+               "Paper values are F-ViT+CLIPSelf / F-ViT+DeCLIP on our `clipself` / `declip` detector rows at the "
+               "matching paper preset (B/16 or L/14), and reference-only rows for every backbone scale and "
+               "OV-DQUO+DeCLIP (another host, not run here).")),
     TableSpec(
         "table2", "Journal Table 2: open-vocabulary 3D instance segmentation on ScanNet200", OV3D,
         rows=None, columns=tuple(_ov(f) for f in OV3D_FIELDS), baseline=("random labels", "random_labels"),

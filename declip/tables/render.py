@@ -24,6 +24,8 @@ from declip.tables.registry import (
     OV6DPE_MASKS,
     OVVIS,
     OVVIS_TRACKS,
+    OVD,
+    OVD_MODES,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -64,6 +66,9 @@ class Layout:
     ovvis_benchmarks: list[str] = field(default_factory=list)
     ovvis_tracks: list[str] = field(default_factory=list)
     ovvis_variants: list[str] = field(default_factory=list)
+    ovd_dataset: str | None = None
+    ovd_modes: list[str] = field(default_factory=list)
+    ovd_variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,11 +172,27 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     vbench = list(vv.get("benchmarks") or store.subdirs(OVVIS))
     vtracks = list(vv.get("tracks") or _ordered(sorted({t for b in vbench for t in store.subdirs(OVVIS, b)}), OVVIS_TRACKS))
     found_vis = {v for b in vbench for t in vtracks for v in store.subdirs(OVVIS, b, t)}
+    ovd_dataset, ovd_modes, ovd_variants = _ovd_layout(store, cfg)
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
                   classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
                   ov6dpe_datasets=pose_datasets, ov6dpe_masks=pose_masks, ov6dpe_variants=pose_variants,
                   ovvis_benchmarks=vbench, ovvis_tracks=vtracks,
-                  ovvis_variants=preferred + sorted(found_vis - set(preferred)))
+                  ovvis_variants=preferred + sorted(found_vis - set(preferred)),
+                  ovd_dataset=ovd_dataset, ovd_modes=ovd_modes, ovd_variants=ovd_variants)
+
+
+def _ovd_layout(store: MetricsStore, cfg: dict) -> tuple[str | None, list[str], list[str]]:
+    """Detection axes: the configured evaluation set, modes and `tables.ovd_variants`, else those on disk."""
+    ovd = cfg.get("evaluate", {}).get("ovd", {})
+    datasets = store.subdirs(OVD)
+    ds = ovd.get("dataset") or (datasets[0] if len(datasets) == 1 else None)
+    if ds is None and len(datasets) > 1:
+        raise UserFacingError(f"detection metrics exist for several datasets ({', '.join(datasets)}); "
+                              "pass a config with evaluate.ovd.dataset")
+    modes = list(ovd.get("modes") or (_ordered(store.subdirs(OVD, ds), OVD_MODES) if ds else []))
+    found = sorted({v for m in modes for v in store.subdirs(OVD, ds, m)}) if ds else []
+    configured = list(cfg.get("tables", {}).get("ovd_variants") or [])
+    return ds, modes, configured + [v for v in found if v not in configured]
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -205,6 +226,10 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(OV6DPE, dataset=host, mask=mode, variant=variant), fld)
     if metric.family == OVVIS:  # groups are (benchmark, track source)
         return _number(store.load(OVVIS, benchmark=host, tracks=mode, variant=variant), fld)
+    if metric.family == OVD:
+        if layout.ovd_dataset is None:
+            return None
+        return _number(store.load(OVD, dataset=layout.ovd_dataset, mode=mode, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -223,6 +248,11 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
         return f"feature protocol: ov6dpe ({row.ids['mask']} masks)"
     if families == [OVVIS]:
         return f"feature protocol: ovvis ({row.ids['tracks']} tracks)"
+    if families == [OVD]:
+        m = store.load(OVD, dataset=layout.ovd_dataset, mode=row.ids["mode"], variant=row.ids["variant"]) or {}
+        what = ("F-ViT-style detector trained on base classes" if row.ids["mode"] == "detector"
+                else "training-free box classification")
+        return f"{what} ({layout.ovd_dataset}, {m.get('scorer', 'ovcoco')} scorer)"
     parts = [f"regionclf ({layout.regionclf_dataset})" if f == REGIONCLF else f for f in families]
     return "feature protocol: " + " + ".join(parts)
 
@@ -245,13 +275,18 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
         groups = [(d, mk) for d in layout.ov6dpe_datasets for mk in layout.ov6dpe_masks]
     elif spec.family == OVVIS:
         groups = [(b, t) for b in layout.ovvis_benchmarks for t in layout.ovvis_tracks]
+    elif spec.family == OVD:
+        groups = [(None, md) for md in layout.ovd_modes]
     else:
         groups = [(None, None)]
-    row_pool = {OV3D: layout.ov3d_variants, OV6DPE: layout.ov6dpe_variants,
-                OVVIS: layout.ovvis_variants}.get(spec.family, layout.variants)
+    row_pool = {OV3D: layout.ov3d_variants, OV6DPE: layout.ov6dpe_variants, OVVIS: layout.ovvis_variants,
+                OVD: layout.ovd_variants}.get(spec.family, layout.variants)
     variants = select_rows(spec.rows, row_pool)
     for host, mode in groups:
-        ids = dict(zip(_id_fields(spec)[:2], (host, mode))) if spec.family in (OV3D, OV6DPE, OVVIS) else {}
+        if spec.family == OVD:
+            ids = {"mode": mode}
+        else:
+            ids = dict(zip(_id_fields(spec)[:2], (host, mode))) if spec.family in (OV3D, OV6DPE, OVVIS) else {}
         if spec.baseline is not None:
             label, key = spec.baseline
             base = Row({**ids, "variant": label}, "baseline")
@@ -266,7 +301,8 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
             row.values = {m: metric_value(store, layout, m, v, host, mode) for m in columns}
             if not any(val is not None for val in row.values.values()):
                 continue  # no computation behind this variant in this table
-            row.refs = refs(v, host)
+            # OVD: the paper's numbers are the F-ViT detector's at one student scale (keyed by preset).
+            row.refs = refs(v, layout.preset if mode == "detector" else None) if spec.family == OVD else refs(v, host)
             row.protocol = _protocol(store, layout, row)
             rows.append(row)
     for peer in spec.peers:
@@ -286,6 +322,8 @@ def _id_fields(spec: TableSpec) -> list[str]:
         return ["dataset", "mask", "variant"]
     if spec.family == OVVIS:
         return ["benchmark", "tracks", "variant"]
+    if spec.family == OVD:
+        return ["mode", "variant"]
     return ["host", "mode", "variant"] if spec.family == OV3D else ["variant"]
 
 
@@ -360,6 +398,8 @@ def markdown(spec: TableSpec, layout: Layout, columns: list[Metric], header: lis
     lines = [f"# {spec.title}", "", f"Table `{spec.id}`; preset `{layout.preset}`; metrics from `{metrics_root}`."]
     if spec.family in (REGIONCLF, "ablation") and layout.regionclf_dataset:
         lines[-1] += f" Region classification on `{layout.regionclf_dataset}`."
+    if spec.family == OVD and layout.ovd_dataset:
+        lines[-1] += f" Detection evaluated on `{layout.ovd_dataset}`."
     lines.append("")
     if layout.preset == "mini":
         lines += [f"> {MINI_NOTE}", ""]

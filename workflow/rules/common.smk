@@ -149,10 +149,34 @@ def ovvis_track_sources(benchmark):
 def ovvis_metrics(variants):
     return [f"{R}/eval/ovvis/{b}/{t}/{v}/metrics.json" for b in EV["ovvis"]["benchmarks"]
             for t in ovvis_track_sources(b) for v in variants]
+# Open-vocabulary detection (workflow/rules/ovd.smk).
+OVD = EV["ovd"]
+
+
+def ovd_data_inputs(name):
+    """What a box dataset depends on: its marker, the derived OV-COCO annotation file, COCO images for LVIS."""
+    spec = config["datasets"][name]
+    inputs = [dataset_marker(name)]
+    if spec.get("format") == "coco_ov":
+        inputs.append(f"{spec['root']}/{spec['annotations']}")
+    if spec.get("format") == "lvis":
+        inputs.append(f"{P['data']}/.downloads/coco.json")
+    return inputs
+
+
+def ovd_metrics(variants):
+    return [f"{R}/eval/ovd/{OVD['dataset']}/{m}/{v}/metrics.json" for m in OVD["modes"] for v in variants]
+
+
+def ovd_eval_inputs(wildcards):
+    inputs = {"data": ovd_data_inputs(wildcards.dataset), "ckpt": variant_checkpoint_inputs(wildcards)}
+    if wildcards.mode == "detector":
+        inputs["detector"] = f"{R}/ovd/{wildcards.variant}/detector.pt"
+    return inputs
 
 
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 
 
-TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis")]  # these have their own rules
+TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis", "ovd")]  # these have their own rules
