@@ -5,7 +5,7 @@ import json
 
 from declip.tables.registry import table_ids
 
-from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, validate, variant_method
+from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, seed_runs, validate, variant_method
 
 try:
     validate(config)
@@ -67,9 +67,13 @@ def clip_checkpoint_inputs():
     return [config["student"]["checkpoint"]] if MINI else [weights_marker()]
 
 
-def teacher_inputs():
-    """Teacher models come from config (mini) or the weights download (full scale)."""
-    return [] if MINI else [weights_marker()]
+def teacher_inputs(wildcards):
+    """Teacher models: the weights download (full scale), the pretrained tiny teacher (mini), or nothing
+    (mini with teachers.tiny_weights: null = seeded random teachers)."""
+    if not MINI:
+        return [weights_marker()]
+    folder = config["teachers"].get("tiny_weights")
+    return [f"{folder}/{wildcards.teacher}.pt"] if folder else []
 
 
 def variant_checkpoint(variant):
