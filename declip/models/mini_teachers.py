@@ -346,7 +346,7 @@ def pretrain_teacher(cfg: dict, name: str, data_root: Path, out: str | Path) -> 
     gen = torch.Generator().manual_seed(cfg["seed"])
     out = resolve_path(out)
     images = train_images(data_root)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     budget = _budget(mc["max_seconds"], name)
     if name == SD:
         from declip.models.sd import _tiny_sd
@@ -375,7 +375,9 @@ def pretrain_teacher(cfg: dict, name: str, data_root: Path, out: str | Path) -> 
             objective = "dino" if spec["type"] == "dino" else "dino+ibot"
         blob = {"model": model.state_dict()}
         summary = {"objective": objective, "final_loss": float(np.mean(losses[-20:])), "steps": len(losses)}
-    summary.update(seconds=time.perf_counter() - start, threads=torch.get_num_threads(), teacher=name)
+    # CPU seconds next to wall seconds: on a shared machine the wall time says more about the neighbours.
+    summary.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,
+                   threads=torch.get_num_threads(), teacher=name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     torch.save(blob, tmp)
