@@ -2,20 +2,6 @@
 # mini preset the teacher-quality table (results/tables/teachers.csv/.md).
 
 
-def claim_variants():
-    """Every variant a claim reads, with the seed runs of `seed_variants`."""
-    return list(dict.fromkeys(list(config["variants"]) + list(config["seed_variants"]) + seed_runs(config)))
-
-
-def mini_teacher_figures():
-    """The pretrained teachers' and the CLIP's affinity figures (mini preset with pretrained teachers)."""
-    folder = config["teachers"].get("tiny_weights")
-    if not (MINI and folder):
-        return []
-    used = sorted({t for v in claim_variants() for t in variant_teachers(v)})
-    return [f"{folder}/{t}.json" for t in used] + [rules.clip_affinity.output[0]]
-
-
 rule claims:
     input:
         regionclf_metrics(claim_variants()),
@@ -24,6 +10,7 @@ rule claims:
     output:
         csv=report(f"{R}/tables/claims.csv", caption="../report/table.rst", category="Tables", labels={"table": "claims"}),
         md=f"{R}/tables/claims.md",
+        **({"teachers_csv": f"{R}/tables/teachers.csv", "teachers_md": f"{R}/tables/teachers.md"} if mini_teacher_figures() else {}),
     params:
         job=job("claims"),
         conf=conf("claims"),

@@ -140,3 +140,17 @@ def figure_outputs(variants):
 
 
 TABLE_IDS = [t for t in table_ids() if t != "table2"]
+
+
+def claim_variants():
+    """Every variant a claim reads, with the seed runs of `seed_variants`."""
+    return list(dict.fromkeys(list(config["variants"]) + list(config["seed_variants"]) + seed_runs(config)))
+
+
+def mini_teacher_figures():
+    """The pretrained teachers' and the CLIP's affinity figures (mini preset with pretrained teachers)."""
+    folder = config["teachers"].get("tiny_weights")
+    if not (MINI and folder):
+        return []
+    used = sorted({t for v in claim_variants() for t in variant_teachers(v)})
+    return [f"{folder}/{t}.json" for t in used] + [rules.clip_affinity.output[0]]
