@@ -109,11 +109,26 @@ def crops(images, idx, out_size: int, scale: tuple[float, float], gen):
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def lr_at(step: int, steps: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, steps - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * p))
+def scheduled(opt, budget, steps: int, warmup: int, base_lr: float):
+    """Step indices within the budget, each after setting the warm-up + cosine learning rate (the tiny CLIP's)."""
+    from declip.models.pretrain import lr_at
+
+    for step in budget(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step / steps, warmup / steps, base_lr)
+        yield step
+
+
+def update(opt, loss, params=None, max_norm: float | None = None) -> float:
+    """One optimiser step on `loss` (gradient-norm clipped when max_norm is given); returns the loss."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------- DINO / DINOv2 self-distillation
@@ -182,9 +197,7 @@ def train_dino(model, vfm_type: str, images, mc: dict, gen, patch_size: int, bud
     g_side, l_side = mc["global_tokens"] * patch_size, mc["local_tokens"] * patch_size
     bs, steps, losses = mc["batch_size"], mc["steps"], []
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    for step in budget(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, mc["warmup_steps"], mc["lr"])
+    for step in scheduled(opt, budget, steps, mc["warmup_steps"], mc["lr"]):
         m = 1 - (1 - mc["momentum"]) * (math.cos(math.pi * step / steps) + 1) / 2  # DINO: cosine to 1
         idx = torch.randint(len(images), (bs,), generator=gen)
         globals_ = [normalize(crops(images, idx, g_side, tuple(mc["global_scale"]), gen), mean, std) for _ in range(2)]
@@ -213,10 +226,7 @@ def train_dino(model, vfm_type: str, images, mc: dict, gen, patch_size: int, bud
                     tp = _sharpened(t_logits, patch_center, mc["teacher_temp"])
                 patch_terms = patch_terms - (tp * (head(s_patch[mk]) / mc["student_temp"]).log_softmax(-1)).sum(-1).mean()
             loss = loss + patch_terms / len(masks)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
+        losses.append(update(opt, loss, params, 3.0))
         with torch.no_grad():
             for ps, pt in zip(params, list(teacher.parameters()) + list(t_head.parameters())):
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
@@ -224,7 +234,6 @@ def train_dino(model, vfm_type: str, images, mc: dict, gen, patch_size: int, bud
             center.mul_(mc["center_momentum"]).add_(torch.cat(t_cls).mean(0), alpha=1 - mc["center_momentum"])
             if ibot:
                 patch_center.mul_(mc["center_momentum"]).add_(torch.cat(t_patch_all).mean(0), alpha=1 - mc["center_momentum"])
-        losses.append(float(loss.detach()))
     # DINO evaluates (and ships) the teacher: the EMA weights are the better features.
     model.load_state_dict(teacher.state_dict())
     return losses
@@ -257,20 +266,14 @@ def train_simmim(encoder, images, mc: dict, gen, patch_size: int, budget) -> lis
     params = list(encoder.parameters()) + [mask_token] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=mc["lr"], weight_decay=mc["weight_decay"])
     side, n, bs, steps, losses = mc["global_tokens"] * patch_size, mc["global_tokens"], mc["batch_size"], mc["steps"], []
-    for step in budget(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, mc["warmup_steps"], mc["lr"])
+    for _ in scheduled(opt, budget, steps, mc["warmup_steps"], mc["lr"]):
         idx = torch.randint(len(images), (bs,), generator=gen)
         x = normalize(crops(images, idx, side, tuple(mc["global_scale"]), gen), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         mask = _block_mask(bs, n, (mc["simmim_ratio"], mc["simmim_ratio"]), 2, gen)
         rec = F.pixel_shuffle(head(sam_masked_neck(encoder, x, mask, mask_token)), patch_size)
         pix_mask = mask.view(bs, 1, n, n).float().repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
         loss = ((rec - x).abs() * pix_mask).sum() / (pix_mask.sum() * 3).clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(update(opt, loss, params, 3.0))
     return losses
 
 
@@ -283,18 +286,12 @@ def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget) -> tup
     side = int(sc["crop_size"])  # convolutional UNet/VAE: trained on crops, run at teachers.sd.resolution
     opt = torch.optim.AdamW(vae.parameters(), lr=sc["lr"], weight_decay=0.0)
     vae_losses = []
-    for step in budget(sc["vae_steps"]):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, sc["vae_steps"], sc["warmup_steps"], sc["lr"])
+    for _ in scheduled(opt, budget, sc["vae_steps"], sc["warmup_steps"], sc["lr"]):
         idx = torch.randint(len(images), (sc["batch_size"],), generator=gen)
         x = crops(images, idx, side, tuple(sc["scale"]), gen) * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
-        loss = F.mse_loss(rec, x) + sc["kl_weight"] * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        vae_losses.append(float(loss.detach()))
+        vae_losses.append(update(opt, F.mse_loss(rec, x) + sc["kl_weight"] * post.kl().mean()))
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # SD's scaling factor: unit-variance latents for the diffusion model
         probe = crops(images, torch.arange(min(len(images), 256)), side, (1.0, 1.0), gen) * 2 - 1
@@ -302,9 +299,7 @@ def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget) -> tup
     vae.register_to_config(scaling_factor=scaling)
     opt = torch.optim.AdamW(unet.parameters(), lr=sc["lr"], weight_decay=0.0)
     unet_losses = []
-    for step in budget(sc["unet_steps"]):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, sc["unet_steps"], sc["warmup_steps"], sc["lr"])
+    for _ in scheduled(opt, budget, sc["unet_steps"], sc["warmup_steps"], sc["lr"]):
         idx = torch.randint(len(images), (sc["batch_size"],), generator=gen)
         x = crops(images, idx, side, tuple(sc["scale"]), gen) * 2 - 1
         with torch.no_grad():
@@ -312,11 +307,7 @@ def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget) -> tup
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
         pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeds.expand(len(x), -1, -1)).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        unet_losses.append(float(loss.detach()))
+        unet_losses.append(update(opt, F.mse_loss(pred, noise)))
     return vae_losses, unet_losses, scaling
 
 
