@@ -73,3 +73,18 @@ def test_render_writes_csv_and_markdown_with_every_claim(cfg, tmp_path):
     assert len(csv_text) == 1 + len(CLAIMS)
     assert "not computed" in (tmp_path / "tables" / "claims.md").read_text()
     assert [p.name for p in written] == ["claims.csv", "claims.md"]
+
+
+def test_teacher_table_puts_each_teacher_next_to_the_clip(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "dinov2_b.json").write_text(json.dumps(
+        {"teacher": "dinov2_b", "objective": "dino+ibot", "steps": 5, "seconds": 3.0, "affinity": {"auc": 0.97}}))
+    (tmp_path / "t" / "sd.json").write_text(json.dumps(
+        {"teacher": "sd", "objective": "vae_mse_kl+ddpm_eps", "steps": 5, "seconds": 3.0, "cpu_seconds": 2.5, "affinity": {"auc": 0.6}}))
+    (tmp_path / "clip.json").write_text(json.dumps({"clip:qq": {"auc": 0.9}, "clip:vanilla": {"auc": 0.95}}))
+    from declip.tables.claims import teacher_records
+
+    rows = {r["model"]: r for r in teacher_records(tmp_path / "t", tmp_path / "clip.json")}
+    # A teacher beats the CLIP only above the CLIP's best figure (0.95 here).
+    assert rows["dinov2_b"]["beats_clip"] is True and rows["sd"]["beats_clip"] is False
+    assert rows["CLIP (vanilla)"]["auc"] == 0.95 and rows["sd"]["cpu_seconds"] == 2.5

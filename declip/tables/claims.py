@@ -207,10 +207,11 @@ def teacher_records(teachers_dir: str | Path, clip_affinity: str | Path) -> list
     clip = json.loads(Path(clip_affinity).read_text())
     clip_best = max(r["auc"] for r in clip.values())
     rows = [{"model": f"CLIP ({src.removeprefix('clip:')})", "objective": "contrastive (declip pretrain)", "steps": None,
-             "seconds": None, "auc": r["auc"], "beats_clip": None} for src, r in clip.items()]
+             "seconds": None, "cpu_seconds": None, "auc": r["auc"], "beats_clip": None} for src, r in clip.items()]
     for path in sorted(Path(teachers_dir).glob("*.json")):
         m = json.loads(path.read_text())
         rows.append({"model": m["teacher"], "objective": m["objective"], "steps": m["steps"], "seconds": m["seconds"],
+                     "cpu_seconds": m.get("cpu_seconds"),
                      "auc": m["affinity"]["auc"], "beats_clip": m["affinity"]["auc"] > clip_best})
     return rows
 
@@ -223,11 +224,11 @@ def render_claims(cfg: dict, metrics_root, out_dir, teachers_dir=None, clip_affi
     written = [out_dir / "claims.csv", out_dir / "claims.md"]
     if teachers_dir and clip_affinity:
         rows = teacher_records(teachers_dir, clip_affinity)
-        header = ["model", "objective", "steps", "seconds", "auc", "beats_clip"]
+        header = ["model", "objective", "steps", "seconds", "cpu_seconds", "auc", "beats_clip"]
         write_csv(out_dir / "teachers.csv", header, rows)
         md = ["# Mini teachers: patch-affinity ROC AUC on held-out images (same vs different GT segment)", "",
-              "| model | objective | steps | seconds | AUC | beats the CLIP |", "|---|---|---|---|---|---|"]
-        md += [f"| {r['model']} | {r['objective']} | {r['steps'] or ''} | {_num(r['seconds'])} | {r['auc']:.3f} | "
+              "| model | objective | steps | wall s | CPU s | AUC | beats the CLIP |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['model']} | {r['objective']} | {r['steps'] or ''} | {_num(r['seconds'])} | {_num(r['cpu_seconds'])} | {r['auc']:.3f} | "
                f"{'' if r['beats_clip'] is None else ('yes' if r['beats_clip'] else 'no')} |" for r in rows]
         md += ["", "AUC 0.5 = no object information. Teachers were pretrained without labels (mini.teachers in the schema); "
                "the CLIP rows are the original tiny CLIP's context tokens and dense map. Seconds were measured on the "
