@@ -39,13 +39,13 @@ class Claim:
     kind: str = "better"  # better | near_best
 
 
-_T1 = "CVPR Table 1 (protocols.md section 1)"
+_T1 = "CVPR Table 1, protocols.md section 1"
 _NONE = "no numbers in shared/docs"
 CLAIMS: tuple[Claim, ...] = (
     Claim("declip_gt_clipself", "DeCLIP (CVPR recipe) beats CLIPSelf on region classification", "declip_cvpr", ("clipself",), REGION,
           "thing/stuff top-1 mAcc: DeCLIP with DINOv2-B 77.2/52.5 (Table 6) vs CLIPSelf 69.5/44.6 (" + _T1 + ")"),
     Claim("clipself_gt_clip", "CLIPSelf beats the original CLIP on region classification", "clipself", ("clip",), REGION,
-          f"CLIPSelf 69.5/44.6 ({_T1}); the CLIP row is {_NONE} (CLIPSelf's premise)"),
+          f"CLIPSelf 69.5/44.6 ({_T1}); the CLIP row is not in shared/docs (CLIPSelf's premise)"),
     Claim("declip_gt_clip_seg", "DeCLIP beats the original CLIP on training-free segmentation", "declip_cvpr", ("clip",), SEG,
           "TF-OVSS average mIoU: DeCLIP 41.9 (CVPR Table 5) vs CLIP 14.1 (peers, protocols.md section 2)"),
     Claim("journal_gt_cvpr_seg", "The journal recipe beats the CVPR recipe on training-free segmentation", "declip", ("declip_cvpr",), SEG,
