@@ -17,6 +17,7 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/mini_teachers.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
@@ -24,6 +25,7 @@ include: "workflow/rules/ov6dpe.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/ovvis.smk"
 include: "workflow/rules/ovd.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:
@@ -40,4 +42,5 @@ rule all:
 rule ablations:
     input:
         rules.tables.output,
+        rules.claims.output,
         figure_outputs(config["tables"]["figure_variants"]),

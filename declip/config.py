@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def _check_references(config: dict, schema: dict) -> None:
              "evaluate.ov6dpe.variants": config["evaluate"]["ov6dpe"]["variants"],
              "tables.figure_variants": config["tables"]["figure_variants"],
              "tables.ovvis_variants": config["tables"]["ovvis_variants"],
-             "tables.ovd_variants": config["tables"]["ovd_variants"]}
+             "tables.ovd_variants": config["tables"]["ovd_variants"],
+             "seed_variants": config.get("seed_variants", [])}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -176,9 +178,24 @@ def load(*configfiles: str | os.PathLike, overrides: dict | None = None) -> dict
     return validate(config)
 
 
+_SEED_SUFFIX = re.compile(r"^(?P<base>.+)-seed(?P<seed>[0-9]+)$")
+
+
+def split_seed(variant: str) -> tuple[str, int | None]:
+    """`declip-seed1` -> ("declip", 1): a variant run again with another distillation seed; else (variant, None)."""
+    m = _SEED_SUFFIX.match(variant)
+    return (m["base"], int(m["seed"])) if m else (variant, None)
+
+
+def seed_runs(config: dict) -> list[str]:
+    """The extra seed runs of the claims table: `<v>-seed<s>` for v in `seed_variants`, s in `seeds` but `seed`."""
+    return [f"{v}-seed{s}" for v in config.get("seed_variants", []) for s in config.get("seeds", []) if s != config["seed"]]
+
+
 def variant_method(config: dict, variant: str) -> dict:
-    """The `method` section with a variant preset applied."""
+    """The `method` section with a variant preset applied (a seed run `<v>-seed<s>` has v's method)."""
     presets = config.get("variant_presets", {})
+    variant = split_seed(variant)[0]
     if variant not in presets:
         raise ConfigError(f"unknown variant {variant!r}; allowed values: {', '.join(sorted(presets))}")
     method = dict(config["method"])
@@ -195,6 +212,9 @@ def canonical_variant(config: dict, variant: str) -> str:
     """The first variant (in `variants`, then `variant_presets` order) whose resolved method equals this
     one's. Variants that are the same recipe under two names (e.g. `vfm_dinov2_b` and `declip_cvpr`) are
     distilled once and share the checkpoint; each is still evaluated and reported under its own name."""
+    base, seed = split_seed(variant)
+    if seed is not None:
+        return f"{canonical_variant(config, base)}-seed{seed}"
     method = variant_method(config, variant)
     for other in list(config["variants"]) + list(config["variant_presets"]):
         if variant_method(config, other) == method:
@@ -253,6 +273,9 @@ RULE_SECTIONS = {
     "evaluate_ovd": ["seed", "student", "method", "evaluate", "datasets"],
     "table_ovd": ["preset", "tables", "evaluate"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
+    "pretrain_teacher": ["seed", "mini.teachers", "teachers", "student", "datasets"],
+    "clip_affinity": ["seed", "mini.teachers", "student", "method", "datasets"],
+    "claims": ["preset", "seed", "seeds", "seed_variants", "variants", "variant_presets", "method", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
     "table_ovvis": ["preset", "variants", "tables", "evaluate"],
@@ -273,6 +296,8 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
     variant = wildcards.get("variant", "")
     if variant and "method" in cfg:
         cfg["method"] = variant_method(config, variant)
+    if split_seed(variant)[1] is not None and "seed" in cfg:  # a seed run: only the distillation seed differs
+        cfg["seed"] = split_seed(variant)[1]
     dataset = (wildcards.get("dataset") or wildcards.get("benchmark") or wildcards.get("manifest")
                or _rule_dataset(config, rule))
     key = rule + "".join(f":{k}={v}" for k, v in sorted(wildcards.items()))

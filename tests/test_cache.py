@@ -30,7 +30,7 @@ def image_root(tmp_path_factory):
 
 def _cfg(image_root, **teachers):
     over = {"datasets": {"gen": {"kind": "manual", "root": str(image_root), "split": "train"}},
-            "teachers": {"shard_size": 3, "batch_size": 2, "num_workers": 0, **teachers}}
+            "teachers": {"shard_size": 3, "batch_size": 2, "num_workers": 0, "tiny_weights": None, **teachers}}
     return config.load(overrides=over)
 
 
@@ -117,7 +117,7 @@ def test_changed_teacher_config_recomputes_stale_shards(image_root, tmp_path):
 
 def _overrides(image_root):
     return {"datasets": {"gen": {"kind": "manual", "root": str(image_root), "split": "train"}},
-            "teachers": {"shard_size": 3, "batch_size": 2, "num_workers": 0}}
+            "teachers": {"shard_size": 3, "batch_size": 2, "num_workers": 0, "tiny_weights": None}}
 
 
 def test_sd_affinity_cache_dense_and_topk(image_root, tmp_path):

@@ -60,7 +60,7 @@ def tiny_world(tmp_path_factory):
     cfg = load(overrides={"mini": {"world2d": {"n_train": 1, "n_val": 2, "n_single": 1}},
                           "student": {"checkpoint": str(root / "clip.pt")},
                           "datasets": {"mini2d_val": {"root": str(root / "mini2d")}},
-                          "paths": {"cache": str(root / "cache")}})
+                          "paths": {"cache": str(root / "cache")}, "teachers": {"tiny_weights": None}})
     generate(cfg, root / "mini2d")
     torch.manual_seed(0)
     save_clip(create_clip(cfg["student"]), root / "clip.pt")

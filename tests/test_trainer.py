@@ -49,7 +49,7 @@ def world(one_thread, tmp_path_factory):
     cfg = load(overrides={
         "student": {"model": "declip-test-vit", "custom_config": TINY_CLIP, "checkpoint": str(root / "clip.pt"),
                     "checkpoint_format": "open_clip", "image_size": 32, "crop_size": 16},
-        "teachers": {"cache_mode": "online",
+        "teachers": {"cache_mode": "online", "tiny_weights": None,
                      "vfms": {"dinov2_b": {"type": "dinov2_reg", "patch_size": 8, "tiny": TINY_VFM}}},
         "datasets": {"testset": {"kind": "mini2d", "root": str(root / "images")}},
         "distill": {"dataset": "testset", "batch_size": 4, "per_device_batch": 2, "max_steps": 6, "warmup_steps": 2,

@@ -44,16 +44,23 @@ def test_dry_run_mini_lists_dataset_and_pretraining(tmp_path):
 
 
 def test_dry_run_mini_one_teacher_job_per_teacher(tmp_path):
+    from declip.config import load
+
+    cfg = load()
     r = snakemake("-n", "--cores", "2", "ablations", workdir=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
     jobs = _jobs(r.stdout)
     # 6 VFMs used by the variants + SD on the training set, + the figure VFM on the evaluation set;
     # never one extraction per variant.
     assert jobs["teachers"] == 8
+    # One label-free pretraining per tiny teacher used (6 VFMs + SD), shared by every seed.
+    assert jobs["pretrain_teacher"] == 7 and jobs["clip_affinity"] == 1 and jobs["claims"] == 1
     # Every trained variant of config.yaml once; `clip` is not trained, and `context_q` / `vfm_dinov2_b`
-    # are the same recipes as `declip` / `declip_cvpr` (they share those checkpoints).
-    assert jobs["distill"] == 22
-    assert jobs["evaluate_regionclf"] == 25 and jobs["evaluate_tfseg"] == 25
+    # are the same recipes as `declip` / `declip_cvpr` (they share those checkpoints); plus the
+    # `seed_variants` once per extra seed (claims table).
+    extra = len(cfg["seed_variants"]) * (len(cfg["seeds"]) - 1)
+    assert jobs["distill"] == 22 + extra
+    assert jobs["evaluate_regionclf"] == 25 + extra and jobs["evaluate_tfseg"] == 25 + extra
 
 
 def test_dry_run_table2_mini(tmp_path):

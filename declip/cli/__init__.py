@@ -33,6 +33,8 @@ VERBS = {
     "score": "Score predictions in a benchmark's official formats (semseg, scannet200, bop, ytvis, ovcoco, lvis).",
     "tables": "Render the paper's tables from metrics files.",
     "figures": "Draw the affinity and segmentation figures for a variant.",
+    "affinity": "Patch-affinity ROC AUC of a teacher or the original CLIP against GT masks (mini teacher quality).",
+    "claims": "The claims table: the papers' qualitative claims tested on the configured world over seeds.",
 }
 
 log = logging.getLogger("declip")

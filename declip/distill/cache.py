@@ -89,7 +89,10 @@ def teacher_spec(cfg: dict, teacher: str) -> dict:
     """Everything the teacher's output depends on (its fingerprint)."""
     kind, name = parse_teacher(cfg, teacher)
     spec = cfg["teachers"]["vfms"][name] if kind == "tokens" else {k: v for k, v in cfg["teachers"]["sd"].items() if k != "cache_topk"}
-    return {"teacher": teacher, "kind": kind, "spec": spec, "seed": cfg["seed"], "grid": list(student_grid(cfg["student"]))}
+    from declip.models.mini_teachers import weights_digest
+
+    return {"teacher": teacher, "kind": kind, "spec": spec, "seed": cfg["seed"], "grid": list(student_grid(cfg["student"])),
+            "weights": weights_digest(cfg, name or "sd")}
 
 
 class OnlineTeacher:
@@ -100,14 +103,17 @@ class OnlineTeacher:
         self.kind, name = parse_teacher(cfg, teacher)
         self.grid = student_grid(cfg["student"])
         precision = cfg["teachers"].get("precision", "fp16")
+        from declip.models.mini_teachers import weights_path
+
+        weights = weights_path(cfg, name or "sd")  # a pretrained mini teacher, or None
         if self.kind == "tokens":
             from declip.models.vfm import load_vfm
 
-            self.model = load_vfm(cfg["teachers"]["vfms"][name], cfg["seed"], precision=precision, name=name)
+            self.model = load_vfm(cfg["teachers"]["vfms"][name], cfg["seed"], precision=precision, name=name, weights=weights)
         else:
             from declip.models.sd import load_sd
 
-            self.model = load_sd(cfg["teachers"]["sd"], cfg["seed"], precision=precision)
+            self.model = load_sd(cfg["teachers"]["sd"], cfg["seed"], precision=precision, weights=weights)
         from declip.device import pick_device
 
         self.model.to(pick_device(device))

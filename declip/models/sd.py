@@ -279,11 +279,19 @@ def _folder_sd(sd_cfg: dict):
     return unet, vae, scheduler, embeds
 
 
-def load_sd(sd_cfg: dict, seed: int, precision: str = "fp16") -> SDAffinity:
-    """SD self-attention affinity teacher from a local diffusers folder, or the seeded tiny config."""
+def load_sd(sd_cfg: dict, seed: int, precision: str = "fp16", weights=None) -> SDAffinity:
+    """SD self-attention affinity teacher from a local diffusers folder, or the tiny config (with the
+    pretrained `weights` file of declip.models.mini_teachers, or seeded random weights)."""
     if sd_cfg.get("tiny"):
         unet, vae, scheduler, embeds = _tiny_sd(sd_cfg, seed)
-        log.info("built tiny SD UNet/VAE with seed %d (random weights, seeded prompt embedding)", seed)
+        if weights is not None:
+            from declip.models.mini_teachers import load_weights
+
+            extra = load_weights({"unet": unet, "vae": vae}, weights)
+            vae.register_to_config(scaling_factor=float(extra["scaling_factor"]))
+            log.info("built tiny SD UNet/VAE with the pretrained weights %s (seeded prompt embedding)", weights)
+        else:
+            log.info("built tiny SD UNet/VAE with seed %d (random weights, seeded prompt embedding)", seed)
     elif sd_cfg.get("checkpoint"):
         unet, vae, scheduler, embeds = _folder_sd(sd_cfg)
         log.info("loaded Stable Diffusion from %s", sd_cfg["checkpoint"])

@@ -164,16 +164,17 @@ class VFM:
         return sam_neck_any_size(enc, x)
 
 
-def sam_neck_any_size(encoder, x):
+def sam_neck_any_size(encoder, x, patch_tokens=None):
     """SAM image-encoder neck output (B,C,h,w) for any input side, pos-embedding resized (authors' code).
 
     transformers' SamVisionEncoder only accepts its native size; the DeCLIP code feeds grid x 16 px
     with the absolute positional embedding bicubically resized (relative position tables are already
-    interpolated by the attention layers, windows are padded).
+    interpolated by the attention layers, windows are padded). `patch_tokens` (B,h,w,D) replaces the patch
+    embedding of x (masked-image pretraining of the mini teacher).
     """
     import torch.nn.functional as F
 
-    h = encoder.patch_embed.projection(x).permute(0, 2, 3, 1)
+    h = encoder.patch_embed.projection(x).permute(0, 2, 3, 1) if patch_tokens is None else patch_tokens
     if encoder.pos_embed is not None:
         pos = F.interpolate(encoder.pos_embed.permute(0, 3, 1, 2), size=h.shape[1:3], mode="bicubic", align_corners=False)
         h = h + pos.permute(0, 2, 3, 1).to(h.dtype)
@@ -183,13 +184,21 @@ def sam_neck_any_size(encoder, x):
     return encoder.neck(h)
 
 
-def load_vfm(spec: dict, seed: int, precision: str = "fp16", name: str | None = None) -> VFM:
-    """The VFM of `spec` (= cfg["teachers"]["vfms"][name]): local folder, or seeded tiny config; eval, frozen."""
+def load_vfm(spec: dict, seed: int, precision: str = "fp16", name: str | None = None, weights=None) -> VFM:
+    """The VFM of `spec` (= cfg["teachers"]["vfms"][name]): local folder, or tiny config; eval, frozen.
+    A tiny model takes the pretrained `weights` file (declip.models.mini_teachers) or, when None, seeded
+    random weights."""
     if spec.get("type") not in VFM_TYPES:
         raise UserFacingError(f"VFM {name or spec}: type {spec.get('type')!r} is not one of {', '.join(VFM_TYPES)}")
     if spec.get("tiny"):
         model = _build_tiny(spec, seed)
-        log.info("built tiny %s VFM %s with seed %d (random weights)", spec["type"], name or "", seed)
+        if weights is not None:
+            from declip.models.mini_teachers import load_weights
+
+            load_weights({"model": model}, weights)
+            log.info("built tiny %s VFM %s with its pretrained weights %s", spec["type"], name or "", weights)
+        else:
+            log.info("built tiny %s VFM %s with seed %d (random weights)", spec["type"], name or "", seed)
     elif spec.get("checkpoint"):
         model = _load_checkpoint(spec, name or "<name>")
         log.info("loaded %s VFM %s from %s", spec["type"], name or "", spec["checkpoint"])

@@ -5,7 +5,7 @@ import json
 
 from declip.tables.registry import table_ids
 
-from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, validate, variant_method
+from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, seed_runs, validate, variant_method
 
 try:
     validate(config)
@@ -68,9 +68,13 @@ def clip_checkpoint_inputs():
     return [config["student"]["checkpoint"]] if MINI else [weights_marker()]
 
 
-def teacher_inputs():
-    """Teacher models come from config (mini) or the weights download (full scale)."""
-    return [] if MINI else [weights_marker()]
+def teacher_inputs(wildcards):
+    """Teacher models: the weights download (full scale), the pretrained tiny teacher (mini), or nothing
+    (mini with teachers.tiny_weights: null = seeded random teachers)."""
+    if not MINI:
+        return [weights_marker()]
+    folder = config["teachers"].get("tiny_weights")
+    return [f"{folder}/{wildcards.teacher}.pt"] if folder else []
 
 
 def variant_checkpoint(variant):
@@ -180,3 +184,17 @@ def figure_outputs(variants):
 
 
 TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis", "ovd")]  # these have their own rules
+
+
+def claim_variants():
+    """Every variant a claim reads, with the seed runs of `seed_variants`."""
+    return list(dict.fromkeys(list(config["variants"]) + list(config["seed_variants"]) + seed_runs(config)))
+
+
+def mini_teacher_figures():
+    """The pretrained teachers' and the CLIP's affinity figures (mini preset with pretrained teachers)."""
+    folder = config["teachers"].get("tiny_weights")
+    if not (MINI and folder):
+        return []
+    used = sorted({t for v in claim_variants() for t in variant_teachers(v)})
+    return [f"{folder}/{t}.json" for t in used] + [rules.clip_affinity.output[0]]

@@ -5,7 +5,7 @@
 rule teachers:
     input:
         data=lambda w: dataset_marker(w.dataset),
-        models=teacher_inputs(),
+        models=teacher_inputs,
     output:
         teacher_index("{dataset}", "{teacher}"),
     params:
