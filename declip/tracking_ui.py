@@ -25,6 +25,7 @@ WORKFLOW_PARAM = "workflowType=machine_learning"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 SEP = " · "
 BY_NAME = "tags.`mlflow.runName`"  # the runs table's sort key of the Run Name column
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # and its column id
 
 # Rules whose runs get the variant's resolved `method` as flat params (what differs between variants).
 METHOD_RULES = ("distill", "evaluate_regionclf", "evaluate_tfseg", "evaluate_ov3d")
@@ -159,6 +160,9 @@ def view_tag_value(view: dict, now_ms: int | None = None) -> str:
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         "selectedColumns": view["columns"],
+        # The UI applies widths through the column order: the name in full, then the columns as listed.
+        "columnOrder": [RUN_NAME_COLUMN, *view["columns"]],
+        "columnWidths": {RUN_NAME_COLUMN: 300},
         "compareRunsMode": "TABLE",
         "runsHiddenMode": "SHOW_ALL",
     }

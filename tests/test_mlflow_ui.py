@@ -1,0 +1,177 @@
+"""`mlflow ui` and the Snakemake report in a real headless browser (Debian's Chromium), over the database
+and results of a short mini `ablations` run of two variants. Screenshots are kept as test artifacts
+(their paths are printed; `pytest -s` shows them)."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from declip.config import ROOT
+from declip.tracking_ui import HEADLINES, view_url
+from test_e2e_spine import SMALL
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("declip", "no_sdgsc")  # differ in one setting: sd_gsc
+TINY = [SMALL, "distill={max_steps: 4, batch_size: 8, warmup_steps: 1, checkpoint_every: 4, log_every: 1}",
+        f"variants=[{', '.join(VARIANTS)}]", "tables={figure_variants: [declip]}"]
+
+
+def _chromium() -> str:
+    """Debian's Chromium, installed here when missing (CI runs as root with the Debian mirror reachable)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("needs Chromium: `apt-get install chromium` as root (Debian/Ubuntu)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+        assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+    return shutil.which("chromium")
+
+
+def _browse(exe: str, url: str, workdir: Path, name: str, budget_ms: int = 30000) -> tuple[str, str]:
+    """Render `url` headless in a fresh profile: the DOM after `budget_ms` of virtual time (the pages are
+    React apps), and a screenshot at `workdir/<name>.png`. Returns (dom, console lines)."""
+    args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--enable-logging=stderr",
+            "--window-size=2400,800", f"--virtual-time-budget={budget_ms}"]
+    runs = []
+    for i, out in enumerate(("--dump-dom", f"--screenshot={workdir / name}.png")):
+        r = subprocess.run([*args, f"--user-data-dir={workdir / f'profile-{name}-{i}'}", out, url],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(r)
+    print(f"\nscreenshot of {url}: {workdir / name}.png")
+    console = [line for r in runs for line in r.stderr.splitlines() if "CONSOLE" in line]
+    return runs[0].stdout, "\n".join(console)
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _Grid(HTMLParser):
+    """AG Grid's rendered cells: row index -> {column id: text} (pinned and scrolled parts share the index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, dict[str, str]] = {}
+        self.headers: list[str] = []
+        self._row = self._cell = None
+        self._depth = 0  # open elements inside the current cell
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if self._cell is not None:
+            self._depth += tag not in VOID
+        elif a.get("role") == "row" and "row-index" in a:
+            self._row = a["row-index"]
+        elif a.get("role") == "gridcell" and self._row is not None:
+            self._cell, self._depth = a.get("col-id"), 1
+            self.rows.setdefault(self._row, {})[self._cell] = ""
+        elif a.get("role") == "columnheader" and a.get("col-id"):
+            self.headers.append(a["col-id"])
+
+    def handle_endtag(self, tag):
+        if self._cell is not None and tag not in VOID:
+            self._depth -= 1
+            if self._depth == 0:
+                self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self.rows[self._row][self._cell] += data
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """A mini `ablations` run of two variants in a temporary directory, its MLflow database and report."""
+    wd = tmp_path_factory.mktemp("ablations")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{wd}/mlflow.db")
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(wd), "--cores", "2", "--config", *TINY, "--", "ablations"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "viewStateShareKey=declip-regionclf" in r.stdout + r.stderr  # the onsuccess hint
+    report = wd / "results/report.html"
+    for _ in range(600):  # written in the background once snakemake has released its locks
+        log = wd / "logs/report.log"
+        if report.exists() and log.exists() and "Report created" in log.read_text():
+            break
+        time.sleep(1)
+    assert report.exists(), (wd / "logs/report.log").read_text() if (wd / "logs/report.log").exists() else "no report log"
+    return wd
+
+
+@pytest.fixture(scope="module")
+def ui(mini):
+    """`mlflow ui` on 127.0.0.1 over the run's database; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(mini / "mlflow-ui.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{mini}/mlflow.db",
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=mini)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (mini / "mlflow-ui.log").read_text()[-3000:]
+            time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def _experiment_id(wd: Path) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{wd}/mlflow.db").get_experiment_by_name("declip-repro").experiment_id
+
+
+def test_runs_table_lists_variants_settings_and_headline_metrics(mini, ui):
+    exe = _chromium()
+    dom, console = _browse(exe, view_url(_experiment_id(mini), "declip-regionclf", base=ui), mini, "mlflow-regionclf")
+    assert "Uncaught" not in console, console
+    grid = _Grid()
+    grid.feed(dom)
+    heads = HEADLINES["evaluate_regionclf"]
+    for col in [f"metrics.`{m}`" for m in heads] + ["params.`sd_gsc`", "params.`lambda_context`"]:
+        assert col in grid.headers, f"column {col} not shown; columns: {grid.headers}"
+    # The name cell also holds the run colour picker's value (`#8396a5regionclf · ...`).
+    rows = {re.sub(r"^#[0-9a-fA-F]{6}", "", cells.get("attributes.`Run Name`", "").strip()): cells
+            for cells in grid.rows.values()}
+    for variant in VARIANTS:
+        name = f"regionclf · {variant} · mini2d_val"
+        assert name in rows, f"run {name!r} not listed; rows: {list(rows)}"
+        metrics = json.loads((mini / f"results/eval/regionclf/mini2d_val/{variant}/metrics.json").read_text())
+        for metric, path in heads.items():
+            shown = float(rows[name][f"metrics.`{metric}`"])
+            expected = metrics
+            for part in path.split("."):
+                expected = expected[part]
+            assert shown == pytest.approx(expected, abs=1e-3), (metric, variant)  # the number results/tables/ shows
+        assert rows[name]["params.`sd_gsc`"] == ("false" if variant == "no_sdgsc" else "true")
+
+
+def test_report_opens_with_tables_and_figures(mini):
+    exe = _chromium()
+    dom, console = _browse(exe, (mini / "results/report.html").as_uri(), mini, "report")
+    assert "Uncaught" not in console and "ERR_" not in console, console
+    for shown in ("Tables", "Figures", "abl_sdgsc.csv", "table"):
+        assert shown in dom, f"{shown!r} missing from the report page"
