@@ -2,6 +2,7 @@
 and results of a short mini `ablations` run of two variants. Screenshots are kept as test artifacts
 (their paths are printed; `pytest -s` shows them)."""
 
+import html
 import json
 import os
 import re
@@ -169,9 +170,64 @@ def test_runs_table_lists_variants_settings_and_headline_metrics(mini, ui):
         assert rows[name]["params.`sd_gsc`"] == ("false" if variant == "no_sdgsc" else "true")
 
 
-def test_report_opens_with_tables_and_figures(mini):
+# Opens the report in a frame of a same-origin page and drives it as a reader would: the Tables
+# category, the Figures category, then the first figure. The report's state lives in its `app` (a
+# script-level `let`, reached through the frame's eval); the outcome is written into this page's DOM.
+REPORT_DRIVER = """<!doctype html><meta charset="utf-8"><title>report</title>
+<iframe id="r" src="/results/report.html" style="width:2350px;height:780px;border:0"></iframe>
+<pre id="out"></pre>
+<script>
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const frame = document.getElementById("r");
+frame.onload = async () => {
+  const w = frame.contentWindow, out = {errors: []};
+  w.addEventListener("error", (e) => out.errors.push(String(e.message)));
+  let app;
+  for (let i = 0; i < 100 && !app; i++) { await sleep(200); app = w.eval("typeof app === 'undefined' ? undefined : app"); }
+  for (const category of ["Tables", "Figures"]) {
+    app.showCategory(category);
+    await sleep(1500);
+    out[category] = w.document.body.innerText;
+  }
+  const figure = Object.entries(w.results).find(([path, r]) => r.mime_type === "image/png");
+  out.figure = figure ? figure[0] : null;
+  if (figure) {
+    app.setView({content: "img", contentPath: figure[1].data_uri, resultPath: figure[0]});
+    await sleep(1500);
+    const img = w.document.querySelector("img[src^='data:image/png']");
+    out.figure_width = img ? img.naturalWidth : 0;
+  }
+  document.getElementById("out").textContent = "REPORT" + JSON.stringify(out) + "END";
+};
+</script>
+"""
+
+
+@pytest.fixture(scope="module")
+def served(mini):
+    """The run's directory over HTTP on 127.0.0.1 (the report and its driver page share an origin)."""
+    import functools
+    import http.server
+    import threading
+
+    (mini / "report-driver.html").write_text(REPORT_DRIVER)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mini))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_report_opens_with_tables_and_figures(mini, served):
     exe = _chromium()
-    dom, console = _browse(exe, (mini / "results/report.html").as_uri(), mini, "report")
-    assert "Uncaught" not in console and "ERR_" not in console, console
-    for shown in ("Tables", "Figures", "abl_sdgsc.csv", "table"):
-        assert shown in dom, f"{shown!r} missing from the report page"
+    dom, console = _browse(exe, f"{served}/report-driver.html", mini, "report")
+    assert "Uncaught" not in console, console
+    found = re.search(r"REPORT(.*)END", dom, re.S)
+    assert found, "the report did not render (driver page incomplete)"
+    out = json.loads(html.unescape(found.group(1)))
+    assert out["errors"] == []
+    for table in ("regionclf", "tfseg", "abl_sdgsc"):  # the Tables category lists each table by its label
+        assert table in out["Tables"], out["Tables"][:2000]
+    assert "declip" in out["Figures"], out["Figures"][:2000]
+    assert out["figure"] and out["figure"].startswith("results/figures/declip/"), out["figure"]
+    assert out["figure_width"] > 0  # the embedded PNG decodes and is shown
