@@ -145,28 +145,30 @@ def _experiment_id(wd: Path) -> str:
     return MlflowClient(f"sqlite:///{wd}/mlflow.db").get_experiment_by_name("declip-repro").experiment_id
 
 
-def test_runs_table_lists_variants_settings_and_headline_metrics(mini, ui):
+@pytest.mark.parametrize("rule", ["evaluate_regionclf", "evaluate_tfseg"])
+def test_runs_table_lists_variants_settings_and_headline_metrics(mini, ui, rule):
+    family = rule.removeprefix("evaluate_")
     exe = _chromium()
-    dom, console = _browse(exe, view_url(_experiment_id(mini), "declip-regionclf", base=ui), mini, "mlflow-regionclf")
+    dom, console = _browse(exe, view_url(_experiment_id(mini), f"declip-{family}", base=ui), mini, f"mlflow-{family}")
     assert "Uncaught" not in console, console
     grid = _Grid()
     grid.feed(dom)
-    heads = HEADLINES["evaluate_regionclf"]
-    for col in [f"metrics.`{m}`" for m in heads] + ["params.`sd_gsc`", "params.`lambda_context`"]:
+    heads = HEADLINES[rule]
+    for col in [f"metrics.`{m}`" for m in heads] + ["params.`sd_gsc`"]:  # sd_gsc: what the two variants change
         assert col in grid.headers, f"column {col} not shown; columns: {grid.headers}"
     # The name cell also holds the run colour picker's value (`#8396a5regionclf · ...`).
     rows = {re.sub(r"^#[0-9a-fA-F]{6}", "", cells.get("attributes.`Run Name`", "").strip()): cells
             for cells in grid.rows.values()}
     for variant in VARIANTS:
-        name = f"regionclf · {variant} · mini2d_val"
+        name = f"{family} · {variant} · mini2d_val"
         assert name in rows, f"run {name!r} not listed; rows: {list(rows)}"
-        metrics = json.loads((mini / f"results/eval/regionclf/mini2d_val/{variant}/metrics.json").read_text())
+        metrics = json.loads((mini / f"results/eval/{family}/mini2d_val/{variant}/metrics.json").read_text())
         for metric, path in heads.items():
-            shown = float(rows[name][f"metrics.`{metric}`"])
             expected = metrics
             for part in path.split("."):
                 expected = expected[part]
-            assert shown == pytest.approx(expected, abs=1e-3), (metric, variant)  # the number results/tables/ shows
+            # the number in results/eval (and so in results/tables/)
+            assert float(rows[name][f"metrics.`{metric}`"]) == pytest.approx(expected, abs=1e-6), (metric, variant)
         assert rows[name]["params.`sd_gsc`"] == ("false" if variant == "no_sdgsc" else "true")
 
 
@@ -185,6 +187,8 @@ frame.onload = async () => {
   let app;
   for (let i = 0; i < 100 && !app; i++) { await sleep(200); app = w.eval("typeof app === 'undefined' ? undefined : app"); }
   for (const category of ["Tables", "Figures"]) {
+    app.setView({navbarMode: "menu"});  // back to the menu, as the breadcrumb does
+    await sleep(500);
     app.showCategory(category);
     await sleep(1500);
     out[category] = w.document.body.innerText;
@@ -222,12 +226,16 @@ def test_report_opens_with_tables_and_figures(mini, served):
     exe = _chromium()
     dom, console = _browse(exe, f"{served}/report-driver.html", mini, "report")
     assert "Uncaught" not in console, console
-    found = re.search(r"REPORT(.*)END", dom, re.S)
+    found = re.search(r'<pre id="out">REPORT(.*?)END</pre>', dom, re.S)
     assert found, "the report did not render (driver page incomplete)"
     out = json.loads(html.unescape(found.group(1)))
     assert out["errors"] == []
-    for table in ("regionclf", "tfseg", "abl_sdgsc"):  # the Tables category lists each table by its label
-        assert table in out["Tables"], out["Tables"][:2000]
-    assert "declip" in out["Figures"], out["Figures"][:2000]
+    tables = sorted(p.stem for p in (mini / "results/tables").glob("*.csv"))
+    figures = sorted(p.stem for p in (mini / "results/figures/declip").glob("*.png"))
+    assert "abl_sdgsc" in tables and figures
+    for label in tables:  # the Tables category lists each table by its label
+        assert label in out["Tables"], out["Tables"][:2000]
+    for label in figures:  # the Figures category lists each figure of each drawn variant
+        assert label in out["Figures"], out["Figures"][:2000]
     assert out["figure"] and out["figure"].startswith("results/figures/declip/"), out["figure"]
     assert out["figure_width"] > 0  # the embedded PNG decodes and is shown
