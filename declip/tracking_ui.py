@@ -76,7 +76,7 @@ def table_files(outputs: list[str]) -> dict[str, list[Path]]:
     from declip.tables.registry import TABLES
 
     out: dict[str, list[Path]] = {}
-    for path in map(Path, outputs):
+    for path in dict.fromkeys(Path(p).absolute() for p in outputs):  # outputs and returned artifacts overlap
         if path.stem in TABLES and path.suffix in (".csv", ".md"):
             out.setdefault(path.stem, []).append(path)
     return out
