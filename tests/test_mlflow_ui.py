@@ -132,6 +132,8 @@ def ui(mini):
                 pass
             assert proc.poll() is None, (mini / "mlflow-ui.log").read_text()[-3000:]
             time.sleep(1)
+        else:
+            pytest.fail(f"mlflow ui did not answer on {base} within 300 s: {(mini / 'mlflow-ui.log').read_text()[-3000:]}")
         yield base
     finally:
         proc.terminate()
