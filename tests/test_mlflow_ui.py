@@ -1,6 +1,6 @@
 """`mlflow ui` and the Snakemake report in a real headless browser (Debian's Chromium), over the database
-and results of a short mini `ablations` run of two variants. Screenshots are kept as test artifacts
-(their paths are printed; `pytest -s` shows them)."""
+and results of a short mini `ablations` run of two variants. Screenshots are kept as test artifacts in
+results/test-artifacts/ (or $DECLIP_TEST_ARTIFACTS); their paths are printed (`pytest -s` shows them)."""
 
 import html
 import json
@@ -23,6 +23,8 @@ from test_e2e_spine import SMALL
 
 pytestmark = pytest.mark.slow
 
+# Screenshots outlive pytest's temporary directories (it keeps the last three sessions only).
+ARTIFACTS = Path(os.environ.get("DECLIP_TEST_ARTIFACTS", ROOT / "results" / "test-artifacts"))
 VARIANTS = ("declip", "no_sdgsc")  # differ in one setting: sd_gsc
 TINY = [SMALL, "distill={max_steps: 4, batch_size: 8, warmup_steps: 1, checkpoint_every: 4, log_every: 1}",
         f"variants=[{', '.join(VARIANTS)}]", "tables={figure_variants: [declip]}"]
@@ -44,16 +46,17 @@ def _chromium() -> str:
 
 def _browse(exe: str, url: str, workdir: Path, name: str, budget_ms: int = 30000) -> tuple[str, str]:
     """Render `url` headless in a fresh profile: the DOM after `budget_ms` of virtual time (the pages are
-    React apps), and a screenshot at `workdir/<name>.png`. Returns (dom, console lines)."""
+    React apps), and a screenshot at `ARTIFACTS/<name>.png`. Returns (dom, console lines)."""
     args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--enable-logging=stderr",
             "--window-size=2400,800", f"--virtual-time-budget={budget_ms}"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     runs = []
-    for i, out in enumerate(("--dump-dom", f"--screenshot={workdir / name}.png")):
+    for i, out in enumerate(("--dump-dom", f"--screenshot={ARTIFACTS / name}.png")):
         r = subprocess.run([*args, f"--user-data-dir={workdir / f'profile-{name}-{i}'}", out, url],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         runs.append(r)
-    print(f"\nscreenshot of {url}: {workdir / name}.png")
+    print(f"\nscreenshot of {url}: {ARTIFACTS / name}.png")
     console = [line for r in runs for line in r.stderr.splitlines() if "CONSOLE" in line]
     return runs[0].stdout, "\n".join(console)
 
