@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from declip.config import ROOT, git_sha
+from declip.tracking_ui import (TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
+                                table_description, table_figures, table_files, view_url)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
     try:
         client = _client(cfg)
         exp_id = _experiment_id(client, cfg)
+        _prepare_ui(client, exp_id, config)
         run = client.create_run(
             exp_id,
             run_name=f"snakemake {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -74,6 +77,28 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
     except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
         log.warning("MLflow tracking unavailable (%s); the workflow continues without it", e)
         return None
+
+
+def _prepare_ui(client, exp_id: str, config: dict) -> None:
+    try:
+        prepare_experiment(client, exp_id, config)
+    except Exception as e:  # noqa: BLE001 - the runs are recorded without the UI hints
+        log.warning("MLflow: could not write the experiment's saved views (%s)", e)
+
+
+def comparison_hint(config: dict) -> str | None:
+    """Where `mlflow ui` shows the ablation comparison (a saved view of this experiment), or None."""
+    cfg = config.get("tracking", {})
+    if not cfg.get("enabled", True):
+        return None
+    try:
+        exp = _client(cfg).get_experiment_by_name(cfg.get("experiment", "declip-repro"))
+    except Exception:  # noqa: BLE001
+        return None
+    if exp is None:
+        return None
+    return (f"Compare the variants: run `mlflow ui` here, then open {view_url(exp.experiment_id)} "
+            "(other views: the 'Saved views' menu of the runs table).")
 
 
 def end_invocation(config: dict, status: str) -> None:
@@ -128,6 +153,8 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
     if not cfg.get("enabled", True):
         return None
     try:
+        if job.get("rule") in TABLE_RULES and status == "FINISHED":
+            return _record_tables(job, result, seconds, cfg)
         return _record(job, result, seconds, status, cfg)
     except Exception as e:  # noqa: BLE001 - tracking never fails a job
         log.warning("MLflow: could not record job %s (%s); its files are unaffected", job.get("job_key"), e)
@@ -136,27 +163,17 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
 
 def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str:
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.entities import ViewType
 
     client = _client(cfg)
     exp_id = _experiment_id(client, cfg)
-    key = job["job_key"]
-    for old in client.search_runs([exp_id], filter_string=f"tags.`declip.job_key` = '{key}'", run_view_type=ViewType.ACTIVE_ONLY):
-        client.delete_run(old.info.run_id)  # soft delete: the newer run supersedes it
-
-    tags = {f"declip.{k}": str(job.get(k, "")) for k in TAG_KEYS}
-    tags.update({"declip.git_sha": git_sha() or "unknown", "declip.preset": job.get("preset", ""), "mlflow.runName": key})
-    parent = os.environ.get(PARENT_ENV)
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp_id, run_name=key, tags=tags)
-    run_id = run.info.run_id
+    run_id = _new_run(client, exp_id, job)
 
     now = int(time.time() * 1000)
     params = [Param(_mlflow_key(k), json.dumps(v) if not isinstance(v, str) else v)
-              for k, v in flatten(job.get("config", {})).items()]
+              for k, v in _params(job).items()]
     metrics = _metrics_from_outputs(job.get("outputs", []))
     metrics.update(_numeric(result.get("metrics", {})))
+    metrics.update(headline_metrics(job.get("rule", ""), metrics))
     metrics["job_seconds"] = seconds
     batch = [Metric(_mlflow_key(k), v, now, 0) for k, v in metrics.items()]
     batch += _step_metrics(result.get("step_metrics"))
@@ -169,6 +186,50 @@ def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> 
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status=status)
     return run_id
+
+
+def _new_run(client, exp_id: str, job: dict, key: str | None = None, name: str | None = None) -> str:
+    """A run for `key` (default the job's key) named for the UI; supersedes older runs of that key."""
+    from mlflow.entities import ViewType
+
+    key = key or job["job_key"]
+    for old in client.search_runs([exp_id], filter_string=f"tags.`declip.job_key` = '{key}'", run_view_type=ViewType.ACTIVE_ONLY):
+        client.delete_run(old.info.run_id)  # soft delete: the newer run supersedes it
+
+    tags = {f"declip.{k}": str(job.get(k, "")) for k in TAG_KEYS}
+    name = name or run_name(job)
+    tags.update({"declip.git_sha": git_sha() or "unknown", "declip.preset": job.get("preset", ""),
+                 "declip.job_key": key, "mlflow.runName": name})
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+
+def _params(job: dict) -> dict:
+    """The job's config slice, dotted; a variant's method settings flat under their own names instead."""
+    method = method_params(job)
+    cfg = {k: v for k, v in job.get("config", {}).items() if not (method and k == "method")}
+    return {**flatten(cfg), **method}
+
+
+def _record_tables(job: dict, result: dict, seconds: float, cfg: dict) -> str | None:
+    """A tables job: one run per table, named by its id, with its CSV, Markdown and figures as artifacts."""
+    client = _client(cfg)
+    exp_id = _experiment_id(client, cfg)
+    files = table_files(job.get("outputs", []) + list(result.get("artifacts", [])))
+    last = None
+    for table_id, paths in files.items():
+        last = _new_run(client, exp_id, job, key=f"table:{table_id}", name=table_id)
+        client.set_tag(last, "declip.table", table_id)
+        client.set_tag(last, "mlflow.note.content", table_description(table_id))
+        client.set_tag(last, "declip.seconds", f"{seconds:.1f}")  # of the job that rendered every table
+        for path in _artifacts([str(p) for p in paths]):
+            client.log_artifact(last, str(path))
+        for png in table_figures(table_id, job.get("config", {})):
+            client.log_artifact(last, str(png), artifact_path=f"figures/{png.parent.name}")
+        client.set_terminated(last, status="FINISHED")
+    return last
 
 
 def _step_metrics(path: str | None) -> list:

@@ -4,6 +4,8 @@ rule tables:
     input:
         regionclf_metrics(config["variants"]),
         tfseg_metrics(config["variants"]),
+        # Each table's MLflow run carries the figures of its variants (declip.tracking_ui.table_figures).
+        figure_outputs(config["tables"]["figure_variants"]),
     output:
         csv=[
             report(f"{R}/tables/{t}.csv", caption="../report/table.rst", category="Tables", labels={"table": t})

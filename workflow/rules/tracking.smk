@@ -21,9 +21,12 @@ onstart:
 
 
 onsuccess:
-    from declip.tracking import end_invocation
+    from declip.tracking import comparison_hint, end_invocation
 
     end_invocation(config, "FINISHED")
+    hint = comparison_hint(config)
+    if hint:
+        print(hint)
     spawn_report()
 
 
