@@ -15,9 +15,15 @@ from typing import Any
 
 import yaml
 
+# What the package needs to run ships with it (declip/resources: in a checkout, links to
+# workflow/schemas/config.schema.yaml and config.yaml; in a wheel, copies).
+RESOURCES = Path(__file__).resolve().parent / "resources"
+SCHEMA_PATH = RESOURCES / "config.schema.yaml"
+DEFAULT_CONFIG = RESOURCES / "config.yaml"
+# The package's source checkout: for the tests and developer tools only. What a run owns (tracking
+# database, artifacts, manifests, the commit tag) follows the run's folder: `workflow_dir()`, the cwd.
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = ROOT / "config.yaml"
+WORKFLOW_DIR_ENV = "DECLIP_WORKFLOW_DIR"
 
 
 class ConfigError(ValueError):
@@ -194,12 +200,19 @@ def canonical_variant(config: dict, variant: str) -> str:
     return variant
 
 
+def workflow_dir() -> Path:
+    """The checkout whose Snakefile runs this job: the Snakefile exports its folder to every job (local or
+    SLURM: the job-side Snakemake parses it again); else the working directory (a `declip` call by hand).
+    Never the installed package's location: two clones sharing one environment each keep their own."""
+    return Path(os.environ.get(WORKFLOW_DIR_ENV) or os.getcwd()).absolute()
+
+
 def git_sha() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
+    """The workflow checkout's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(workflow_dir()), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -266,7 +279,8 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
         "preset": config["preset"],
         "outputs": list(outputs),
         "config": cfg,
-        "tracking": config["tracking"],
+        # The URI (it may hold credentials) reaches jobs through MLFLOW_TRACKING_URI, never the command line.
+        "tracking": {k: v for k, v in config["tracking"].items() if k != "uri"},
     }
 
 

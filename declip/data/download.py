@@ -25,24 +25,28 @@ from pathlib import Path
 
 import yaml
 
-from declip.config import ROOT, resolve_path
+from declip.config import resolve_path, workflow_dir
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_DIR = ROOT / "workflow" / "manifests"
 LOCK_NAME = "checksums.lock.json"
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
+def manifest_dir() -> Path:
+    """The run's own manifests (its checkout's workflow/manifests), not the installed package's."""
+    return workflow_dir() / "workflow" / "manifests"
+
+
 def manifest_path(name: str) -> Path:
     p = Path(name)
-    return p if p.suffix in (".yaml", ".yml") else MANIFEST_DIR / f"{name}.yaml"
+    return p if p.suffix in (".yaml", ".yml") else manifest_dir() / f"{name}.yaml"
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
 
 
 def load_manifest(name: str) -> dict:
