@@ -114,6 +114,9 @@ def validate(config: dict) -> dict:
 
     schema = load_schema()
     _coerce_strings(schema, config)
+    for preset in (config.get("variant_presets") or {}).values():  # `--config 'variant_presets={v: {k: 3}}'`
+        if isinstance(preset, dict):
+            _coerce_strings(schema["properties"]["method"], preset)
     _fill_defaults(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -158,6 +161,29 @@ def _check_references(config: dict, schema: dict) -> None:
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# Image-tower depth of the students the presets name (open_clip configs); the mini CLIP's is in its config.
+_VISION_LAYERS = {"EVA02-B-16": 12, "EVA02-L-14": 24, "EVA02-L-14-336": 24, "ViT-B-16": 12, "ViT-L-14": 24,
+                  "ViT-L-14-336": 24}
+
+
+def check_variants_fit_student(config: dict) -> None:
+    """Variants of the run (`variants`, the tables' and figures' lists) that the student cannot train, caught
+    when the workflow starts rather than when distillation does: `trainable_blocks` beyond its depth."""
+    student = config["student"]
+    layers = ((student.get("custom_config") or {}).get("vision_cfg") or {}).get("layers") or _VISION_LAYERS.get(student["model"])
+    if not layers:
+        return
+    problems = []
+    tables = config["tables"]
+    for name in dict.fromkeys([*config["variants"], *tables["table2_variants"], *tables["figure_variants"]]):
+        blocks = variant_method(config, name)["trainable_blocks"]
+        if blocks is not None and blocks > layers:
+            problems.append(f"config key `variant_presets.{name}.trainable_blocks` (or `method.trainable_blocks`): {blocks} "
+                            f"but the student {student['model']} has {layers} image blocks; allowed values: 1..{layers} or null")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -6,9 +6,13 @@
 # packages are installed by `install` only when a command is missing; that needs root).
 #
 #   tests/slurm/cluster.sh install            # apt-get the Debian packages if needed (root)
-#   tests/slurm/cluster.sh up DIR             # start; prints the `export SLURM_CONF=...` line to use
-#   export SLURM_CONF=DIR/etc/slurm.conf      # then sbatch/sacct/snakemake --profile slurm talk to it
+#   tests/slurm/cluster.sh up DIR             # start; prints the `export ...` line to use
+#   export SLURM_CONF=DIR/etc/slurm.conf PATH=DIR/bin:$PATH   # then sbatch/sacct/snakemake --profile slurm use it
 #   tests/slurm/cluster.sh down DIR           # cancel its jobs, stop its daemons by pid
+#
+# DIR/bin holds wrappers of the client commands (srun, sbatch, sacct, ...) that set SLURM_CONF: inside a
+# job, Snakemake's jobstep plugin starts each step with `srun` after removing SLURM_* variables, and a
+# real cluster's /etc/slurm/slurm.conf is exactly what this private cluster must not write.
 #
 # The node advertises one GPU through gres (`Gres=gpu:1`, backed by an empty stand-in file
 # DIR/dev/nvidia0: nothing is bound), so `--gpus=1` requests schedule as on a GPU cluster; jobs run as the calling user.
@@ -52,7 +56,7 @@ start() {  # start NAME COMMAND...: run in the foreground of a background shell,
 up() {
     export PATH="$PATH:/usr/sbin:/sbin"
     if m=$(missing); then echo "cluster.sh: '$m' is missing; run '$0 install' first (root)." >&2; exit 1; fi
-    mkdir -p "$D"/{etc,run,log,state,spool,munge,db}
+    mkdir -p "$D"/{etc,run,log,state,spool,munge,db,bin}
     chmod 700 "$D/munge" "$D/etc"
     local host user mem ctld_port slurmd_port dbd_port db_port
     host=$(hostname -s); user=$(id -un)
@@ -125,6 +129,7 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$dbd_port
 AccountingStoragePass=$sock
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
@@ -132,6 +137,12 @@ CONF
     mkdir -p "$D/dev"; : >"$D/dev/nvidia0"
     echo "NodeName=$host Name=gpu File=$D/dev/nvidia0" >"$D/etc/gres.conf"
     export SLURM_CONF="$D/etc/slurm.conf"
+    local c real
+    for c in srun sbatch salloc sacct sacctmgr squeue scancel scontrol sinfo sstat; do
+        real=$(command -v "$c") || continue
+        printf '#!/bin/sh\nSLURM_CONF=%s exec %s "$@"\n' "$SLURM_CONF" "$real" >"$D/bin/$c"
+        chmod +x "$D/bin/$c"
+    done
 
     start slurmdbd slurmdbd -D
     wait_for 60 slurmdbd sacctmgr -n list cluster
@@ -142,7 +153,7 @@ CONF
     wait_for 60 slurmctld scontrol ping
     start slurmd slurmd -D -N "$host"
     wait_for 60 "the node" sh -c "sinfo -h -N -o %t | grep -qE '^(idle|mix|alloc)'"
-    echo "export SLURM_CONF=$SLURM_CONF"
+    echo "export SLURM_CONF=$SLURM_CONF PATH=$D/bin:\$PATH"
 }
 
 down() {

@@ -6,9 +6,11 @@ import json
 from declip.tables.registry import table_ids
 
 from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, validate, variant_method
+from declip.config import check_variants_fit_student
 
 try:
     validate(config)
+    check_variants_fit_student(config)
 except ConfigError as e:
     raise WorkflowError(f"{e}\n(fix config.yaml, your --configfile, or --config)") from None
 
