@@ -32,6 +32,7 @@ VERBS = {
     "score": "Score predictions in a benchmark's official formats (semseg, scannet200).",
     "tables": "Render the paper's tables from metrics files.",
     "figures": "Draw the affinity and segmentation figures for a variant.",
+    "track": "Tracking upkeep: `declip track sync` uploads job records a tracking server missed.",
 }
 
 log = logging.getLogger("declip")
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
+        # Same commit, config and thread count -> bit-identical outputs: deterministic kernels where torch
+        # has them (warn, not fail, where it has none); cuBLAS needs a fixed workspace for that.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     start = time.time()
     try:
         result = args._module.run(args, cfg) or {}
