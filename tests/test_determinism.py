@@ -5,11 +5,9 @@ runs twice from nothing in two fresh clones; every output file must be identical
 wall-clock fields of JSON files (seconds, throughput, timestamps), which are removed before comparing.
 """
 
-import json
-
 import pytest
 import yaml
-from workflow_clone import digests, fresh_clone, run_snakemake
+from workflow_clone import comparable_outputs, fresh_clone, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -20,29 +18,6 @@ SHORT = {
     "distill": {"max_steps": 4, "checkpoint_every": 2, "log_every": 1},
     "tables": {"report": ""},
 }
-VOLATILE = {"seconds", "job_seconds", "seconds_per_step", "cpu_seconds_per_step", "time_split_s", "images_per_s",
-            "finished", "created", "git_sha"}
-
-
-def _stable(value):
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
-
-
-def _outputs(clone):
-    out = {}
-    for rel, digest in digests(clone, ["results", "models", "data"]).items():
-        path = clone / rel
-        if path.suffix == ".json":
-            out[rel] = json.dumps(_stable(json.loads(path.read_text())), sort_keys=True)
-        elif path.suffix == ".jsonl":
-            out[rel] = [json.dumps(_stable(json.loads(line)), sort_keys=True) for line in path.read_text().splitlines()]
-        else:
-            out[rel] = digest
-    return out
 
 
 def test_two_runs_of_a_short_chain_give_identical_outputs(tmp_path):
@@ -51,7 +26,7 @@ def test_two_runs_of_a_short_chain_give_identical_outputs(tmp_path):
         clone = fresh_clone(tmp_path / name)
         (clone / "short.yaml").write_text(yaml.safe_dump(SHORT))
         run_snakemake(clone, TARGET, "--cores", "2", "--configfile", "short.yaml", env={"MLFLOW_TRACKING_URI": ""})
-        runs.append(_outputs(clone))
+        runs.append(comparable_outputs(clone, ["results", "models", "data"]))
     first, second = runs
     assert TARGET in first and "models/mini/declip-mini-vit.pt" in first and "results/distill/clipself/model.pt" in first
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))

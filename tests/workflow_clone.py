@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -52,4 +53,34 @@ def digests(root: Path, folders: list[str]) -> dict[str, str]:
         for p in sorted((root / folder).rglob("*")):
             if p.is_file():
                 out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+# Wall-clock fields of JSON outputs (durations, throughput, timestamps, the commit): not part of a result.
+VOLATILE = {"seconds", "job_seconds", "seconds_per_step", "cpu_seconds_per_step", "time_split_s", "images_per_s",
+            "finished", "created", "git_sha"}
+
+
+def _stable(value):
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def comparable_outputs(root: Path, folders: list[str], skip: tuple[str, ...] = ("results/report.html",)) -> dict:
+    """Every output file under `folders`, for comparing two runs: JSON and JSON-lines files without their
+    wall-clock fields, every other file by its sha256 (bit for bit). `skip`: files that embed run times."""
+    out = {}
+    for rel, digest in digests(root, folders).items():
+        path = root / rel
+        if rel in skip:
+            continue
+        if path.suffix == ".json":
+            out[rel] = json.dumps(_stable(json.loads(path.read_text())), sort_keys=True)
+        elif path.suffix == ".jsonl":
+            out[rel] = [json.dumps(_stable(json.loads(line)), sort_keys=True) for line in path.read_text().splitlines()]
+        else:
+            out[rel] = digest
     return out
