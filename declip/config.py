@@ -233,6 +233,16 @@ def workflow_dir() -> Path:
     return Path(os.environ.get(WORKFLOW_DIR_ENV) or os.getcwd()).absolute()
 
 
+def export_to_jobs(config: dict, snakefile: str | os.PathLike) -> None:
+    """Called by the Snakefile: its folder becomes the run's workflow_dir() (manifests, commit tag) whatever
+    environment the package is installed in, and a configured tracking URI reaches jobs through the
+    environment (it may hold credentials; command lines are printed and logged, so the job spec has none)."""
+    os.environ[WORKFLOW_DIR_ENV] = str(Path(snakefile).resolve().parent)
+    uri = (config.get("tracking") or {}).get("uri")
+    if uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
 def git_sha() -> str | None:
     """The workflow checkout's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
     import subprocess

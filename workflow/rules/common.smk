@@ -6,7 +6,7 @@ import json
 from declip.tables.registry import table_ids
 
 from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, validate, variant_method
-from declip.config import check_variants_fit_student
+from declip.config import check_variants_fit_student, export_to_jobs
 
 try:
     validate(config)
@@ -15,13 +15,8 @@ except ConfigError as e:
     raise WorkflowError(f"{e}\n(fix config.yaml, your --configfile, or --config)") from None
 
 
-# The run's own checkout, for its manifests and commit tag (declip.config.workflow_dir), whatever
-# environment the package is installed in; jobs inherit it (SLURM jobs parse this file again).
-os.environ["DECLIP_WORKFLOW_DIR"] = os.path.dirname(os.path.abspath(workflow.main_snakefile))
-# A configured tracking URI reaches jobs through the environment: it may hold credentials, and
-# command lines are printed and logged (the job spec carries no URI).
-if config["tracking"]["uri"] and not os.environ.get("MLFLOW_TRACKING_URI"):
-    os.environ["MLFLOW_TRACKING_URI"] = config["tracking"]["uri"]
+# The run's checkout and tracking URI, exported to every job (SLURM jobs parse this file again).
+export_to_jobs(config, workflow.main_snakefile)
 
 
 P = config["paths"]
