@@ -71,16 +71,18 @@ def _stable(value):
 
 def comparable_outputs(root: Path, folders: list[str], skip: tuple[str, ...] = ("results/report.html",)) -> dict:
     """Every output file under `folders`, for comparing two runs: JSON and JSON-lines files without their
-    wall-clock fields, every other file by its sha256 (bit for bit). `skip`: files that embed run times."""
+    wall-clock fields and with the run folder's path replaced, every other file by its sha256 (bit for bit).
+    `skip`: files that embed run times."""
     out = {}
     for rel, digest in digests(root, folders).items():
         path = root / rel
         if rel in skip:
             continue
-        if path.suffix == ".json":
-            out[rel] = json.dumps(_stable(json.loads(path.read_text())), sort_keys=True)
+        text = path.read_text().replace(str(root.resolve()), "<run folder>") if path.suffix in (".json", ".jsonl") else ""
+        if path.suffix == ".json":  # absolute paths name the run's folder: two runs differ only there
+            out[rel] = json.dumps(_stable(json.loads(text)), sort_keys=True)
         elif path.suffix == ".jsonl":
-            out[rel] = [json.dumps(_stable(json.loads(line)), sort_keys=True) for line in path.read_text().splitlines()]
+            out[rel] = [json.dumps(_stable(json.loads(line)), sort_keys=True) for line in text.splitlines()]
         else:
             out[rel] = digest
     return out
