@@ -16,9 +16,15 @@ from typing import Any
 
 import yaml
 
+# What the package needs to run ships with it (declip/resources: in a checkout, links to
+# workflow/schemas/config.schema.yaml and config.yaml; in a wheel, copies).
+RESOURCES = Path(__file__).resolve().parent / "resources"
+SCHEMA_PATH = RESOURCES / "config.schema.yaml"
+DEFAULT_CONFIG = RESOURCES / "config.yaml"
+# The package's source checkout: for the tests and developer tools only. What a run owns (tracking
+# database, artifacts, manifests, the commit tag) follows the run's folder: `workflow_dir()`, the cwd.
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = ROOT / "config.yaml"
+WORKFLOW_DIR_ENV = "DECLIP_WORKFLOW_DIR"
 
 
 class ConfigError(ValueError):
@@ -109,6 +115,9 @@ def validate(config: dict) -> dict:
 
     schema = load_schema()
     _coerce_strings(schema, config)
+    for preset in (config.get("variant_presets") or {}).values():  # `--config 'variant_presets={v: {k: 3}}'`
+        if isinstance(preset, dict):
+            _coerce_strings(schema["properties"]["method"], preset)
     _fill_defaults(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -162,6 +171,29 @@ def _check_references(config: dict, schema: dict) -> None:
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# Image-tower depth of the students the presets name (open_clip configs); the mini CLIP's is in its config.
+_VISION_LAYERS = {"EVA02-B-16": 12, "EVA02-L-14": 24, "EVA02-L-14-336": 24, "ViT-B-16": 12, "ViT-L-14": 24,
+                  "ViT-L-14-336": 24}
+
+
+def check_variants_fit_student(config: dict) -> None:
+    """Variants of the run (`variants`, the tables' and figures' lists) that the student cannot train, caught
+    when the workflow starts rather than when distillation does: `trainable_blocks` beyond its depth."""
+    student = config["student"]
+    layers = ((student.get("custom_config") or {}).get("vision_cfg") or {}).get("layers") or _VISION_LAYERS.get(student["model"])
+    if not layers:
+        return
+    problems = []
+    tables = config["tables"]
+    for name in dict.fromkeys([*config["variants"], *tables["table2_variants"], *tables["figure_variants"]]):
+        blocks = variant_method(config, name)["trainable_blocks"]
+        if blocks is not None and blocks > layers:
+            problems.append(f"config key `variant_presets.{name}.trainable_blocks` (or `method.trainable_blocks`): {blocks} "
+                            f"but the student {student['model']} has {layers} image blocks; allowed values: 1..{layers} or null")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -222,12 +254,29 @@ def canonical_variant(config: dict, variant: str) -> str:
     return variant
 
 
+def workflow_dir() -> Path:
+    """The checkout whose Snakefile runs this job: the Snakefile exports its folder to every job (local or
+    SLURM: the job-side Snakemake parses it again); else the working directory (a `declip` call by hand).
+    Never the installed package's location: two clones sharing one environment each keep their own."""
+    return Path(os.environ.get(WORKFLOW_DIR_ENV) or os.getcwd()).absolute()
+
+
+def export_to_jobs(config: dict, snakefile: str | os.PathLike) -> None:
+    """Called by the Snakefile: its folder becomes the run's workflow_dir() (manifests, commit tag) whatever
+    environment the package is installed in, and a configured tracking URI reaches jobs through the
+    environment (it may hold credentials; command lines are printed and logged, so the job spec has none)."""
+    os.environ[WORKFLOW_DIR_ENV] = str(Path(snakefile).resolve().parent)
+    uri = (config.get("tracking") or {}).get("uri")
+    if uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
 def git_sha() -> str | None:
-    """The repository's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
+    """The workflow checkout's HEAD commit, or None outside a git checkout (provenance and MLflow tags)."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(workflow_dir()), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -309,7 +358,8 @@ def job_spec(config: dict, rule: str, wildcards: dict, outputs: list[str]) -> di
         "preset": config["preset"],
         "outputs": list(outputs),
         "config": cfg,
-        "tracking": config["tracking"],
+        # The URI (it may hold credentials) reaches jobs through MLFLOW_TRACKING_URI, never the command line.
+        "tracking": {k: v for k, v in config["tracking"].items() if k != "uri"},
     }
 
 

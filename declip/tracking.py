@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from declip.config import ROOT, git_sha
+from declip import tracking_guard as guard
+from declip.config import git_sha
 from declip.tracking_ui import (TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
                                 table_description, table_figures, table_files, view_url)
 
@@ -28,13 +29,14 @@ _MAX_ARTIFACT_BYTES = 5_000_000
 
 
 def tracking_uri(tracking_cfg: dict | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else config `tracking.uri`, else sqlite `mlflow.db` at the repository root."""
+    """MLFLOW_TRACKING_URI, else config `tracking.uri`, else sqlite `mlflow.db` in the working directory
+    (the run's folder: Snakemake's --directory, the checkout by default; never the package's location)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if tracking_cfg and tracking_cfg.get("uri"):
         return tracking_cfg["uri"]
-    return f"sqlite:///{(ROOT / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
 def _client(tracking_cfg: dict):
@@ -49,7 +51,7 @@ def _experiment_id(client, tracking_cfg: dict) -> str:
     if exp is not None:
         return exp.experiment_id
     # Artifacts beside the database, never in the CWD's ./mlruns.
-    location = (ROOT / "mlartifacts").resolve().as_uri()
+    location = (Path.cwd() / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
@@ -60,6 +62,11 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
     """Create the database and the invocation's parent run; export its id to the jobs' environment."""
     cfg = config.get("tracking", {})
     if not cfg.get("enabled", True):
+        return None
+    guard.bound_http_waits()
+    reason = guard.unreachable(tracking_uri(cfg))
+    if reason:
+        guard.switch_off(reason)
         return None
     try:
         client = _client(cfg)
@@ -72,11 +79,12 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
                   "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha() or "unknown"},
         )
         os.environ[PARENT_ENV] = run.info.run_id
-        log.info("MLflow: parent run %s at %s", run.info.run_id, tracking_uri(cfg))
-        return run.info.run_id
+        log.info("MLflow: parent run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
     except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
-        log.warning("MLflow tracking unavailable (%s); the workflow continues without it", e)
+        guard.switch_off(guard.redact(e))
         return None
+    sync_pending(cfg)  # what earlier jobs could not record
+    return run.info.run_id
 
 
 def _prepare_ui(client, exp_id: str, config: dict) -> None:
@@ -109,7 +117,7 @@ def end_invocation(config: dict, status: str) -> None:
     try:
         _client(cfg).set_terminated(run_id, status=status)
     except Exception as e:  # noqa: BLE001
-        log.warning("MLflow: could not close parent run %s (%s)", run_id, e)
+        log.warning("MLflow: could not close parent run %s (%s)", run_id, guard.redact(e))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -152,13 +160,20 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
     cfg = job.get("tracking", {})
     if not cfg.get("enabled", True):
         return None
-    try:
-        if job.get("rule") in TABLE_RULES and status == "FINISHED":
-            return _record_tables(job, result, seconds, cfg)
-        return _record(job, result, seconds, status, cfg)
-    except Exception as e:  # noqa: BLE001 - tracking never fails a job
-        log.warning("MLflow: could not record job %s (%s); its files are unaffected", job.get("job_key"), e)
-        return None
+    guard.bound_http_waits()
+    reason = guard.unreachable(tracking_uri(cfg))  # bounded: seconds, not MLflow's retries
+    if reason is None:
+        try:
+            if job.get("rule") in TABLE_RULES and status == "FINISHED":
+                return _record_tables(job, result, seconds, cfg)
+            return _record(job, result, seconds, status, cfg)
+        except Exception as e:  # noqa: BLE001 - tracking never fails a job
+            reason = guard.redact(e)
+    path = guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
+    if not os.environ.get(guard.OFF_ENV):  # else the invocation has said it once already
+        log.warning("MLflow: job %s not recorded (%s); its files are unaffected and its record waits in %s "
+                    "for `declip track sync`", job.get("job_key"), reason, path)
+    return None
 
 
 def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str:
@@ -198,7 +213,7 @@ def _new_run(client, exp_id: str, job: dict, key: str | None = None, name: str |
 
     tags = {f"declip.{k}": str(job.get(k, "")) for k in TAG_KEYS}
     name = name or run_name(job)
-    tags.update({"declip.git_sha": git_sha() or "unknown", "declip.preset": job.get("preset", ""),
+    tags.update({"declip.git_sha": job.get("git_sha") or git_sha() or "unknown", "declip.preset": job.get("preset", ""),
                  "declip.job_key": key, "mlflow.runName": name})
     parent = os.environ.get(PARENT_ENV)
     if parent:
@@ -264,3 +279,39 @@ def _artifacts(paths: list[str]) -> list[Path]:
                 seen.add(q)
                 out.append(q)
     return out
+
+
+def sync_pending(tracking_cfg: dict | None = None) -> tuple[int, int]:
+    """Upload the records of jobs that could not reach the tracking store (tracking_guard.PENDING_DIR in
+    the working directory), each under its original parent run and commit; returns (uploaded, left)."""
+    cfg = dict(tracking_cfg or {})
+    paths = guard.pending()
+    if not paths or not cfg.get("enabled", True):
+        return 0, len(paths)
+    guard.bound_http_waits()
+    reason = guard.unreachable(tracking_uri(cfg))
+    if reason:
+        log.warning("MLflow: %d pending record(s) not uploaded: %s", len(paths), reason)
+        return 0, len(paths)
+    uploaded, parent_before = 0, os.environ.get(PARENT_ENV)
+    try:
+        for path in paths:
+            rec = guard.load_pending(path)
+            job = dict(rec["job"], git_sha=rec.get("git_sha"))
+            os.environ.pop(PARENT_ENV, None)
+            if rec.get("parent"):
+                os.environ[PARENT_ENV] = rec["parent"]
+            try:
+                _record(job, rec["result"], rec["seconds"], rec["status"], {**job.get("tracking", {}), **cfg})
+            except Exception as e:  # noqa: BLE001
+                log.warning("MLflow: could not upload %s (%s); it stays pending", path, guard.redact(e))
+                continue
+            path.unlink()
+            uploaded += 1
+    finally:
+        os.environ.pop(PARENT_ENV, None)
+        if parent_before:
+            os.environ[PARENT_ENV] = parent_before
+    if uploaded:
+        log.info("MLflow: uploaded %d pending job record(s)", uploaded)
+    return uploaded, len(paths) - uploaded

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from declip import config as C
-from declip import tracking
+from declip import tracking, tracking_guard
 
 
 @pytest.fixture
@@ -74,6 +74,8 @@ def test_rerun_supersedes_older_run(tmp_path, sqlite_uri):
 
 
 def test_tracking_failure_never_raises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pending records go to the working directory
+    monkeypatch.setenv(tracking_guard.OFF_ENV, "")  # unset again afterwards
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the database folder should be")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/mlflow.db")
@@ -83,10 +85,11 @@ def test_tracking_failure_never_raises(tmp_path, monkeypatch):
     assert tracking.start_invocation(cfg) is None
 
 
-def test_default_uri_is_sqlite_at_repo_root(monkeypatch):
+def test_default_uri_is_sqlite_in_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
     uri = tracking.tracking_uri({"uri": ""})
-    assert uri == f"sqlite:///{C.ROOT / 'mlflow.db'}"
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
 def test_run_names_say_what_the_run_is():

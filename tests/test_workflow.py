@@ -86,7 +86,7 @@ def test_lint_is_clean(tmp_path):
 
 def test_slurm_profile_dry_run(tmp_path):
     r = snakemake("--profile", "slurm", "-n", workdir=tmp_path)
-    assert "Using profile slurm" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "profiles slurm and workflow specific profile profiles/default" in r.stdout + r.stderr, r.stdout + r.stderr
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -35,6 +35,7 @@ VERBS = {
     "figures": "Draw the affinity and segmentation figures for a variant.",
     "affinity": "Patch-affinity ROC AUC of a teacher or the original CLIP against GT masks (mini teacher quality).",
     "claims": "The claims table: the papers' qualitative claims tested on the configured world over seeds.",
+    "track": "Tracking upkeep: `declip track sync` uploads job records a tracking server missed.",
 }
 
 log = logging.getLogger("declip")
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
+        # Same commit, config and thread count -> bit-identical outputs: deterministic kernels where torch
+        # has them (warn, not fail, where it has none); cuBLAS needs a fixed workspace for that.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     start = time.time()
     try:
         result = args._module.run(args, cfg) or {}

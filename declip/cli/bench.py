@@ -41,7 +41,7 @@ def distill(args, cfg) -> dict:
         if args.preset == "mini":
             cfg = config_mod.load(*args.configfile)
         else:
-            path = config_mod.ROOT / "workflow" / "presets" / f"{args.preset}.yaml"
+            path = config_mod.workflow_dir() / "workflow" / "presets" / f"{args.preset}.yaml"
             if not path.exists():
                 raise UserFacingError(f"preset file {path} is missing; use --preset mini or restore workflow/presets/")
             cfg = config_mod.load(path, *args.configfile)

@@ -21,28 +21,33 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import yaml
 
-from declip.config import ROOT, resolve_path
+from declip.config import resolve_path, workflow_dir
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_DIR = ROOT / "workflow" / "manifests"
 LOCK_NAME = "checksums.lock.json"
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
+def manifest_dir() -> Path:
+    """The run's own manifests (its checkout's workflow/manifests), not the installed package's."""
+    return workflow_dir() / "workflow" / "manifests"
+
+
 def manifest_path(name: str) -> Path:
     p = Path(name)
-    return p if p.suffix in (".yaml", ".yml") else MANIFEST_DIR / f"{name}.yaml"
+    return p if p.suffix in (".yaml", ".yml") else manifest_dir() / f"{name}.yaml"
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
 
 
 def load_manifest(name: str) -> dict:
@@ -57,6 +62,9 @@ def load_manifest(name: str) -> dict:
     if m.get("manual"):
         if not m.get("instructions") or not m.get("expect"):
             raise UserFacingError(f"manual manifest {path} needs `instructions` and `expect` (paths that prove the data is in place)")
+        bad = [p for p in m["expect"] if not _inside(p)]
+        if bad:
+            raise UserFacingError(f"manual manifest {path}: `expect` {bad} must be relative paths inside the dataset folder")
         return m
     for i, f in enumerate(m.get("files") or []):
         missing = [k for k in ("path", "url") if not f.get(k)]
@@ -66,7 +74,36 @@ def load_manifest(name: str) -> dict:
             raise UserFacingError(f"manifest {path}: file {f['path']}: unpack must be zip, tar or null")
     if not m.get("files"):
         raise UserFacingError(f"manifest {path} lists no files")
+    _check_confined(m, path)
     return m
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside its base folder (no absolute path, no `..` escaping it)."""
+    parts = Path(str(rel)).parts
+    if not parts or Path(str(rel)).is_absolute() or str(rel).startswith("~"):
+        return False
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return False
+    return True
+
+
+def _check_confined(m: dict, path: Path) -> None:
+    """Every path of a manifest's files stays inside the dataset's folder (its root, wherever that is)."""
+    for f in m["files"]:
+        for key in ("path", "unpack_to"):
+            if key in f and not _inside(f[key]):
+                raise UserFacingError(f"manifest {path}: file {f['path']!r}: `{key}` {f[key]!r} points outside the "
+                                      "dataset folder; use a relative path without `..`")
+        for inner in f.get("unpack_inner", []):
+            if not _inside(inner):
+                raise UserFacingError(f"manifest {path}: file {f['path']!r}: `unpack_inner` {inner!r} points outside "
+                                      "the dataset folder")
+        if f.get("size") is not None and (not isinstance(f["size"], int) or f["size"] <= 0):
+            raise UserFacingError(f"manifest {path}: file {f['path']!r}: `size` must be a positive number of bytes")
 
 
 def file_digest(path: Path, algo: str = "sha256") -> str:
@@ -84,7 +121,7 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(req, timeout=timeout)
 
 
-def _fetch_once(url: str, part: Path, timeout: float, desc: str) -> None:
+def _fetch_once(url: str, part: Path, timeout: float, desc: str) -> int | None:
     """Append the rest of `url` to `part` (HTTP Range), or restart it when the server ignores ranges."""
     from tqdm import tqdm
 
@@ -93,7 +130,7 @@ def _fetch_once(url: str, part: Path, timeout: float, desc: str) -> None:
         resp = _open(url, offset, timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # nothing left to fetch: the .part is already whole
-            return
+            return offset
         raise
     with resp:
         if offset and resp.status != 206:
@@ -108,10 +145,11 @@ def _fetch_once(url: str, part: Path, timeout: float, desc: str) -> None:
                 bar.update(len(block))
     if total is not None and part.stat().st_size != total:
         raise ConnectionError(f"connection closed at byte {part.stat().st_size} of {total}")
+    return total
 
 
 def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None,
-                  retries: int = 5, backoff: float = 2.0, timeout: float = 60.0) -> str:
+                  retries: int = 5, backoff: float = 2.0, timeout: float = 60.0, size: int | None = None) -> str:
     """Download `url` to `dest` through `dest.part` (resumed if present), verify, rename atomically.
 
     Returns the file's sha256. Transient failures are retried with exponential backoff; a checksum
@@ -122,7 +160,7 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, timeout, dest.name)
+            total = _fetch_once(url, part, timeout, dest.name)
             break
         except urllib.error.HTTPError as e:
             if e.code not in RETRYABLE_HTTP or attempt == retries:
@@ -137,6 +175,17 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
         wait = backoff * 2 ** attempt
         log.warning("%s: %s; retrying in %.0f s (attempt %d/%d)", url, err, wait, attempt + 2, retries + 1)
         time.sleep(wait)
+    got_size = part.stat().st_size
+    if size is not None and got_size != size:
+        part.unlink()
+        raise UserFacingError(f"{dest} from {url} has {got_size} bytes, the manifest says {size}; the partial file "
+                              "was deleted, rerun the download (or correct `size` in the manifest)")
+    if not sha256 and size is None and total is None:
+        # Nothing says how long the file is: a connection that closed early would pass unnoticed.
+        part.unlink()
+        raise UserFacingError(f"{dest} from {url} cannot be checked for completeness: no sha256 or `size` in the "
+                              "manifest and the server sent no Content-Length. Add the file's `size` (bytes) or "
+                              "`sha256` to the manifest entry, then rerun")
     got = file_digest(part)
     if sha256 and got != sha256.lower():
         part.unlink()
@@ -154,15 +203,24 @@ def unpack(archive: Path, kind: str, into: Path) -> None:
     """Extract a zip or tar archive into `into`, refusing members that would land outside it."""
     into.mkdir(parents=True, exist_ok=True)
     base = into.resolve()
-    if kind == "zip":
-        with zipfile.ZipFile(archive) as z:
-            for name in z.namelist():
-                if not (base / name).resolve().is_relative_to(base):
-                    raise UserFacingError(f"archive {archive} has an unsafe member {name!r}; not unpacked")
-            z.extractall(into)
-    else:
-        with tarfile.open(archive) as t:
-            t.extractall(into, filter="data")
+    damaged = (f"archive {archive} is damaged or truncated; delete it (and its .part) and rerun the download, "
+               "which fetches and verifies it again")
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    if not (base / name).resolve().is_relative_to(base):
+                        raise UserFacingError(f"archive {archive} has an unsafe member {name!r} (it would land outside "
+                                              f"{base}); nothing was unpacked. Check the archive's source")
+                z.extractall(into)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(into, filter="data")
+    except tarfile.FilterError as e:  # absolute paths, `..`, links leaving the folder, device files
+        raise UserFacingError(f"archive {archive} has an unsafe member ({e}); it was not unpacked (members before it "
+                              f"are in {base}). Check the archive's source") from None
+    except (zipfile.BadZipFile, tarfile.ReadError, EOFError, zlib.error) as e:
+        raise UserFacingError(f"{damaged} ({e})") from None
 
 
 class Lock:
@@ -200,7 +258,7 @@ def fetch_entry(entry: dict, root: Path, lock: Lock) -> dict:
     if dest.exists() and (expected is None or file_digest(dest) == expected):
         sha = file_digest(dest) if expected is None else expected
     else:
-        sha = download_file(url, dest, sha256=expected, md5=entry.get("md5"))
+        sha = download_file(url, dest, sha256=expected, md5=entry.get("md5"), size=entry.get("size"))
     if published:
         verified = "published sha256"
     elif lock.get(rel):

@@ -36,9 +36,29 @@ def load_image(path: str | Path):
     import torch
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt file (PIL raises these)
+        raise unreadable_image(path, e) from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def unreadable_image(path: str | Path, err: Exception) -> UserFacingError:
+    """The error for a truncated or corrupt image: the file, its dataset and how to get a good copy."""
+    path = Path(path).absolute()
+    for folder in path.parents:
+        if (folder / "MANIFEST.json").is_file():  # a synthetic mini world: rebuilt from its seed
+            return UserFacingError(
+                f"image {path} of the dataset in {folder} is unreadable ({err}). Rebuild the dataset: delete "
+                f"{folder} and run snakemake again (it is synthesised from its seed)")
+        if (folder / "checksums.lock.json").is_file() or (folder / ".unpacked").is_dir():  # a download
+            return UserFacingError(
+                f"image {path} of the dataset in {folder} is unreadable ({err}). Re-download it: delete "
+                f"{folder / '.unpacked'} and the dataset's marker in data/.downloads/, then run snakemake again "
+                "(the download rule verifies every file's checksum)")
+    return UserFacingError(f"image {path} is unreadable ({err}); replace it with a complete copy "
+                           "(re-download or rebuild its dataset)")
 
 
 def letterbox(img, size: int):

@@ -165,18 +165,34 @@ def _rle_decode(rle: dict) -> np.ndarray:
     return mask
 
 
+def load_tensor_file(path: Path):
+    """A user-supplied torch file, loaded without running code: only tensors, numbers, strings, lists and
+    dicts (torch's weights_only unpickler). A file that needs anything else is refused, never executed."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserFacingError(
+            f"{path} holds Python objects other than tensors, numbers, strings, lists and dicts, so it is not "
+            f"loaded (loading it could run code): {str(e).splitlines()[0]}. Re-export it with plain tensors "
+            "(torch.save of a dict of tensors) or as .npy") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserFacingError(f"{path} is not a readable torch file ({e}); download it again") from None
+
+
 def load_proposals(root: str | Path, proposals_dir: str, host: str, name: str,
                    n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """Class-agnostic masks (K, N) bool and their confidences (K,) from the host's released files."""
-    import torch
-
     if host not in HOSTS:
         raise UserFacingError(f"unknown host {host!r}; allowed values: {', '.join(HOSTS)}")
     folder = Path(root) / proposals_dir / host
     if host == "openmask3d":
         pt, npy = folder / f"{name}_masks.pt", folder / f"{name}_masks.npy"
         if pt.exists():
-            masks = torch.load(pt, map_location="cpu", weights_only=False)
+            masks = load_tensor_file(pt)
             masks = masks.numpy() if hasattr(masks, "numpy") else np.asarray(masks)
         elif npy.exists():
             masks = np.load(npy)
@@ -190,7 +206,7 @@ def load_proposals(root: str | Path, proposals_dir: str, host: str, name: str,
         if not path.exists():
             raise UserFacingError(f"Open3DIS proposals {path} are missing: download the Open3DIS ScanNet200 "
                                   "results (final 3D proposals) into " + str(folder))
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = load_tensor_file(path)
         ins = data["ins"]
         if len(ins) and isinstance(ins[0], dict):
             masks = np.stack([_rle_decode(r) for r in ins])

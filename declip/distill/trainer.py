@@ -445,7 +445,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
         log.warning("ignoring %s: it was written for another configuration (delete it to save space)", ckpt)
     del state
     if dist_env.main:
-        _truncate_log(losses_path, start_step)
+        _truncate_log(losses_path, start_step, saved=state_dir / LOSSES_COPY if start_step else None)
 
     dataset = LetterboxDataset(items, cfg["student"]["image_size"])
     sampler = StepBatchSampler(len(items), batch_size, micro, cfg["seed"], start_step, steps,
@@ -482,6 +482,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", ips=f"{record['images_per_s']:.1f}")
         if done % dcfg["checkpoint_every"] == 0 and done < steps and dist_env.main:
             save_state(state_dir, done, clip, optimizer, scheduler, scaler, chash)
+            _keep_curve(losses_path, state_dir / LOSSES_COPY)
         bar.update(1)
         if on_step_end is not None:
             on_step_end(done, terms)
@@ -521,8 +522,8 @@ def save_outputs(clip, original, alpha: float, out_path: Path, provenance: Path,
     tmp.write_text(json.dumps(prov, indent=2))
     tmp.replace(provenance)
     # The final model is the product; the state would only resume a finished run.
-    for f in state_dir.glob("step-*.pt"):
-        f.unlink()
+    for f in [*state_dir.glob("step-*.pt"), state_dir / LOSSES_COPY]:
+        f.unlink(missing_ok=True)
 
 
 def _reduce_mean(terms: dict, dist_env: Dist) -> dict:
@@ -537,10 +538,23 @@ def _reduce_mean(terms: dict, dist_env: Dist) -> dict:
     return {k: float(v) / dist_env.world_size for k, v in zip(LOSS_TERMS, t.tolist())}
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep only records up to `step` (a resumed run rewrites the later ones; a fresh run starts empty)."""
+# The loss curve up to the checkpoint, kept beside it: Snakemake deletes an interrupted job's outputs
+# (losses.jsonl among them) but not the state folder, so a resumed run's curve is whole.
+LOSSES_COPY = "losses.jsonl"
+
+
+def _keep_curve(losses: Path, copy: Path) -> None:
+    tmp = copy.with_name(copy.name + ".tmp")
+    tmp.write_bytes(losses.read_bytes() if losses.exists() else b"")
+    tmp.replace(copy)
+
+
+def _truncate_log(path: Path, step: int, saved: Path | None = None) -> None:
+    """Keep only records up to `step` (a resumed run rewrites the later ones; a fresh run starts empty),
+    read from the curve saved with the checkpoint when there is one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     keep = []
-    if step > 0 and path.exists():
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    source = saved if saved is not None and saved.exists() else path
+    if step > 0 and source.exists():
+        keep = [line for line in source.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in keep))

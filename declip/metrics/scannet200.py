@@ -21,6 +21,8 @@ variant in OpenMask3D (openmask3d/evaluation/eval_semantic_instance.py). Semanti
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import numpy as np
 from declip.data.scannet200 import INSTANCE_CLASS_IDS, NAME_OF, SPLIT_OF, SPLITS
 from declip.errors import UserFacingError
 
+log = logging.getLogger(__name__)
 OVERLAPS = np.append(np.arange(0.5, 0.95, 0.05), 0.25)  # ScanNet benchmark opt.overlaps
 MIN_REGION_SIZE = 100  # vertices, ScanNet benchmark opt.min_region_sizes
 
@@ -216,9 +219,31 @@ def read_predictions(pred_file: str | Path, pred_dir: str | Path | None = None) 
             continue
         if len(parts) != 3:
             raise UserFacingError(f"{pred_file}:{n + 1}: expected `<mask file> <label id> <confidence>`, got {line!r}")
+        label, confidence = _label_and_confidence(pred_file, n + 1, parts[1], parts[2])
         mask = np.loadtxt(base / parts[0], dtype=np.int64).reshape(-1) != 0
-        out.append(Prediction(mask, int(parts[1]), float(parts[2])))
+        out.append(Prediction(mask, label, confidence))
     return out
+
+
+def _label_and_confidence(pred_file: Path, line_no: int, label: str, confidence: str) -> tuple[int, float]:
+    """Validated fields of one prediction line. The official script silently skips label ids outside its
+    class list and sorts NaN confidences arbitrarily; here both stop with the file and line instead
+    (a wrong vocabulary or a broken export must not look like a low score)."""
+    where = f"{pred_file}:{line_no}"
+    try:
+        label_id, conf = int(label), float(confidence)
+    except ValueError:
+        raise UserFacingError(f"{where}: the label id must be an integer and the confidence a number, "
+                              f"got {label!r} and {confidence!r}") from None
+    if label_id not in _VALID_IDS:
+        raise UserFacingError(f"{where}: label id {label_id} is not a ScanNet200 instance class id "
+                              f"({len(_VALID_IDS)} ids, {min(_VALID_IDS)}..{max(_VALID_IDS)}; wall and floor excluded)")
+    if not math.isfinite(conf):
+        raise UserFacingError(f"{where}: confidence {confidence!r} is not a finite number")
+    return label_id, conf
+
+
+_VALID_IDS = frozenset(int(i) for i in INSTANCE_CLASS_IDS)
 
 
 def write_predictions(pred_dir: str | Path, scene: str, preds: list[Prediction]) -> Path:
@@ -247,7 +272,13 @@ def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> dict:
     preds = {s: read_predictions(pred_dir / f"{s}.txt", pred_dir) for s in gt if (pred_dir / f"{s}.txt").exists()}
     if not preds:
         raise UserFacingError(f"no prediction file in {pred_dir} matches a GT scene (expected e.g. {gt_files[0].name})")
-    return to_percent(evaluate(gt, preds))
+    missing = sorted(set(gt) - set(preds))
+    if missing:
+        log.warning("%d of %d GT scenes have no prediction file in %s and are scored as predicting nothing "
+                    "(e.g. %s)", len(missing), len(gt), pred_dir, ", ".join(missing[:3]))
+    out = to_percent(evaluate(gt, preds))
+    out.update(scenes=len(gt), scenes_missing=len(missing))
+    return out
 
 
 def main(args) -> dict:

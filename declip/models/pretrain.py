@@ -206,10 +206,13 @@ def pretrain(cfg: dict, data: str | Path, out: str | Path) -> dict:
     while step < pc["steps"]:
         elapsed = time.perf_counter() - start
         if elapsed >= pc["max_seconds"]:
-            log.warning("pretraining stopped by mini.pretrain.max_seconds=%s after %d steps", pc["max_seconds"], step)
+            log.warning("pretraining stopped by mini.pretrain.max_seconds=%s after %d of %d steps: this checkpoint "
+                        "depends on the machine's speed (raise max_seconds for a reproducible one)",
+                        pc["max_seconds"], step, pc["steps"])
             break
-        # The schedule follows whichever budget (steps or wall time) runs out first, so it always anneals.
-        lr = lr_at(max(step / pc["steps"], elapsed / pc["max_seconds"]), warmup, pc["lr"])
+        # The schedule follows the steps only: wall time must not shape the weights (same commit, config and
+        # threads give the same checkpoint whatever the machine's load). max_seconds is a safety stop.
+        lr = lr_at(step / pc["steps"], warmup, pc["lr"])
         for g in opt.param_groups:
             g["lr"] = lr
         images, text_ids = data_.sample(pc["batch_size"], pc["crop_fraction"], gen)

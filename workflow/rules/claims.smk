@@ -20,10 +20,9 @@ rule claims:
                             if mini_teacher_figures() else ""),
     log:
         logfile("claims"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:

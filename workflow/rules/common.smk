@@ -6,19 +6,23 @@ import json
 from declip.tables.registry import table_ids
 
 from declip.config import ConfigError, canonical_variant, job_spec, rerun_key, seed_runs, validate, variant_method
+from declip.config import check_variants_fit_student, export_to_jobs
 
 try:
     validate(config)
+    check_variants_fit_student(config)
 except ConfigError as e:
     raise WorkflowError(f"{e}\n(fix config.yaml, your --configfile, or --config)") from None
+
+
+# The run's checkout and tracking URI, exported to every job (SLURM jobs parse this file again).
+export_to_jobs(config, workflow.main_snakefile)
 
 
 P = config["paths"]
 R = P["results"]
 ENV = "../../envs/declip.yaml"
 MINI = config["preset"] == "mini"
-# Mini jobs are small: one thread each lets two run side by side on a 2-core laptop.
-JOB_THREADS = 1 if MINI else 8
 EV = config["evaluate"]
 
 
@@ -47,6 +51,37 @@ def conf(rule_name):
     """params function: hash of the job's config slice, so a changed parameter reruns the jobs that read it
     (`job` reads `output`, and such params are not compared by Snakemake)."""
     return lambda wildcards: rerun_key(config, rule_name, dict(wildcards.items()))
+
+
+def _resources(group):
+    res = config["resources"]
+    return {**res["default"], **res.get(group, {})}
+
+
+def job_threads(group):
+    """A rule's threads from `resources.<group>.threads` (the preset's): its cores and torch threads."""
+    return _resources(group)["threads"]
+
+
+# Rules of other stages that still name a fixed thread count: the evaluation group's.
+JOB_THREADS = job_threads("evaluate")
+
+
+def job_resources(group):
+    """A rule's resources from the preset (`resources.<group>`) plus the site's SLURM settings
+    (`cluster`: partition, account, GPU constraint, set in one place). Empty settings are left out."""
+    r = _resources(group)
+    gpus = config["distill"]["gpus"] if group == "distill" else r["gpus"]
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": gpus}
+    site = config["cluster"]
+    partition = (site["gpu_partition"] or site["partition"]) if gpus else site["partition"]
+    if partition:
+        out["slurm_partition"] = partition
+    if site["account"]:
+        out["slurm_account"] = site["account"]
+    if gpus and site["constraint"]:
+        out["constraint"] = site["constraint"]
+    return out
 
 
 def dataset_marker(name):

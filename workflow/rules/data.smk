@@ -16,10 +16,9 @@ rule dataset_mini2d:
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini2d"),
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -35,10 +34,9 @@ rule dataset_mini3d:
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini3d"),
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -53,10 +51,9 @@ rule download:
         conf=conf("download"),
     log:
         logfile("download/{manifest}"),
-    threads: 1
+    threads: job_threads("download")
     resources:
-        mem_mb=2000,
-        runtime=24 * 60,
+        **job_resources("download"),
     conda:
         ENV
     shell:
@@ -78,10 +75,9 @@ rule manual_dataset:
         conf=conf("download"),
     log:
         logfile("download/{manifest}.manual"),
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -103,10 +99,9 @@ if MINI:
             logfile("pretrain"),
         benchmark:
             "benchmarks/pretrain.tsv"
-        threads: 2
+        threads: job_threads("pretrain")
         resources:
-            mem_mb=4000,
-            runtime=15,
+            **job_resources("pretrain"),
         conda:
             ENV
         shell:

@@ -20,11 +20,9 @@ rule distill:
         logfile("distill/{variant}"),
     benchmark:
         "benchmarks/distill/{variant}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("distill")
     resources:
-        gpu=config["distill"]["gpus"],
-        mem_mb=lambda w: 4000 if MINI else 64000,
-        runtime=lambda w: 30 if MINI else 48 * 60,
+        **job_resources("distill"),
     conda:
         ENV
     shell:

@@ -12,11 +12,9 @@ rule evaluate_regionclf:
         root=lambda w: config["datasets"][w.dataset]["root"],
     log:
         logfile("evaluate/regionclf-{dataset}-{variant}"),
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 120,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -36,11 +34,9 @@ rule evaluate_tfseg:
         root=lambda w: config["datasets"][w.benchmark]["root"],
     log:
         logfile("evaluate/tfseg-{benchmark}-{variant}"),
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 240,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -60,11 +56,9 @@ rule evaluate_ov3d:
         root=lambda w: config["datasets"][EV["ov3d"]["dataset"]]["root"],
     log:
         logfile("evaluate/ov3d-{host}-{mode}-{variant}"),
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 240,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:

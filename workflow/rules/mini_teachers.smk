@@ -18,10 +18,9 @@ if MINI and config["teachers"].get("tiny_weights"):
             logfile("pretrain_teacher/{teacher}"),
         benchmark:
             "benchmarks/pretrain_teacher/{teacher}.tsv"
-        threads: 1
+        threads: job_threads("pretrain")
         resources:
-            mem_mb=3000,
-            runtime=15,
+            **job_resources("pretrain"),
         conda:
             ENV
         shell:
@@ -43,10 +42,9 @@ if MINI:
             sources=lambda w: f"--source clip:{config['method']['dense_mode']} --source clip:vanilla",
         log:
             logfile("clip_affinity"),
-        threads: 1
+        threads: job_threads("evaluate")
         resources:
-            mem_mb=2000,
-            runtime=10,
+            **job_resources("evaluate"),
         conda:
             ENV
         shell:

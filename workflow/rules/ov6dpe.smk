@@ -11,10 +11,9 @@ rule dataset_mini_pose:
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini_pose"),
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -37,11 +36,9 @@ rule evaluate_ov6dpe:
         "benchmarks/evaluate_ov6dpe-{dataset}-{mask}-{variant}.tsv"
     wildcard_constraints:
         mask="oracle|text",
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 240,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -63,10 +60,9 @@ rule table_ov6dpe:
         out_dir=lambda w, output: os.path.dirname(output.md),
     log:
         logfile("table_ov6dpe"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:

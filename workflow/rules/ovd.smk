@@ -19,10 +19,9 @@ rule ovcoco_annotations:
     log:
         logfile("dataset/ovcoco-{split}-{kind}"),
 
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -74,11 +73,9 @@ rule evaluate_ovd:
         logfile("evaluate/ovd-{dataset}-{mode}-{variant}"),
     benchmark:
         "benchmarks/ovd/evaluate-{dataset}-{mode}-{variant}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 240,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -100,10 +97,9 @@ rule table_ovd:
         out_dir=lambda w, output: os.path.dirname(output.md),
     log:
         logfile("table_ovd"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:

@@ -11,10 +11,9 @@ rule dataset_mini_video:
         root=lambda w, output: os.path.dirname(output[0]),
     log:
         logfile("dataset_mini_video"),
-    threads: 1
+    threads: job_threads("dataset")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("dataset"),
     conda:
         ENV
     shell:
@@ -36,11 +35,9 @@ rule evaluate_ovvis:
         logfile("evaluate/ovvis-{benchmark}-{tracks}-{variant}"),
     benchmark:
         "benchmarks/evaluate_ovvis-{benchmark}-{tracks}-{variant}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 3000 if MINI else 32000,
-        runtime=lambda w: 10 if MINI else 240,
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:
@@ -62,10 +59,9 @@ rule table_ovvis:
         out_dir=lambda w, output: os.path.dirname(output.md),
     log:
         logfile("table_ovvis"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:

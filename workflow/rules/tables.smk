@@ -19,10 +19,9 @@ rule tables:
         out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
         logfile("tables"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:
@@ -44,10 +43,9 @@ rule table2:
         out_dir=lambda w, output: os.path.dirname(output.md[0] if isinstance(output.md, list) else output.md),
     log:
         logfile("table2"),
-    threads: 1
+    threads: job_threads("tables")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         ENV
     shell:
@@ -77,10 +75,9 @@ rule figures:
         dataset=EV["regionclf"]["dataset"],
     log:
         logfile("figures/{variant}"),
-    threads: 1
+    threads: job_threads("figures")
     resources:
-        mem_mb=3000,
-        runtime=10,
+        **job_resources("figures"),
     conda:
         ENV
     shell:

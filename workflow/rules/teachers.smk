@@ -16,11 +16,9 @@ rule teachers:
         logfile("teachers/{dataset}-{teacher}"),
     benchmark:
         "benchmarks/teachers/{dataset}-{teacher}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("teachers")
     resources:
-        gpu=lambda w: 0 if MINI else 1,
-        mem_mb=lambda w: 4000 if MINI else 32000,
-        runtime=lambda w: 15 if MINI else 24 * 60,
+        **job_resources("teachers"),
     conda:
         ENV
     shell:
