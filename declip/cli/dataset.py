@@ -7,18 +7,16 @@ import argparse
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="dataset_verb", required=True, metavar="SUBVERB")
-    p = sub.add_parser("mini2d", help="Generate the mini 2D world (COCO instances/panoptic/captions, semantic PNGs).")
-    p.add_argument("--out", default="data/mini2d", help="Dataset root; MANIFEST.json is written there last.")
-    p.set_defaults(_sub=mini2d)
-    p = sub.add_parser("mini3d", help="Generate the mini 3D world (ScanNet format).")
-    p.add_argument("--out", default="data/mini3d", help="Dataset root.")
-    p.set_defaults(_sub=mini3d)
-    p = sub.add_parser("mini_pose", help="Generate the mini pose world (BOP format with anchor/query pairs).")
-    p.add_argument("--out", default="data/mini_pose", help="Dataset root.")
-    p.set_defaults(_sub=mini_pose)
-    p = sub.add_parser("mini_video", help="Generate the mini video world (YouTube-VIS layout, LV-VIS partitions).")
-    p.add_argument("--out", default="data/mini_video", help="Dataset root; MANIFEST.json is written there last.")
-    p.set_defaults(_sub=mini_video)
+    worlds = {  # sub-verb: help; each writes its root's MANIFEST.json last
+        "mini2d": "Generate the mini 2D world (COCO instances/panoptic/captions, semantic PNGs).",
+        "mini3d": "Generate the mini 3D world (ScanNet format).",
+        "mini_pose": "Generate the mini pose world (BOP format with anchor/query pairs).",
+        "mini_video": "Generate the mini video world (YouTube-VIS layout, LV-VIS partitions).",
+    }
+    for name, help_text in worlds.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--out", default=f"data/{name}", help="Dataset root; MANIFEST.json is written there last.")
+        p.set_defaults(_sub=globals()[name])
     p = sub.add_parser("download", help="Download and verify a full-scale dataset or weights from its manifest.")
     p.add_argument("--dataset", required=True, help="Manifest name (workflow/manifests/<name>.yaml) or a manifest path.")
     p.add_argument("--out", required=True, help="Marker JSON written when every file is verified (the rule's output).")
