@@ -203,7 +203,7 @@ def main(args, cfg) -> dict:
 
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import family_attn_scale, family_dense_mode, load_eval_model
+    from declip.evaluate.text import eval_options, family_attn_scale, family_dense_mode, load_eval_model
 
     t0 = time.time()
     ocfg, student = cfg["evaluate"]["ov3d"], cfg["student"]
@@ -238,6 +238,9 @@ def main(args, cfg) -> dict:
                                                   ocfg["min_region_size"])
     result.update(host=host, mode=mode, variant=args.variant, n_scenes=len(scenes), n_masks=n_masks,
                   seconds=round(time.time() - t0, 2), per_class=scores["per_class"])
+    extra = ({k: ocfg[k] for k in ("crop_preprocess", "view_ranking", "pixel_rounding")} if mode == "crops"
+             else {"view_ranking": ocfg["view_ranking"], "pixel_rounding": ocfg["pixel_rounding"], "token_norm": True})
+    result["options"] = eval_options(cfg, args.variant, model, **extra)
     write_metrics(out_path, result)
     log.info("ov3d %s/%s %s: AP %s (random labels %s) on %d scenes, %d masks, %.1fs", host, mode, args.variant,
              result["AP"], result["random_labels"]["AP"], len(scenes), n_masks, result["seconds"])

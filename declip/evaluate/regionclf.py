@@ -237,7 +237,7 @@ def main(args, cfg: dict) -> dict:
     from declip.data.panoptic import panoptic_paths, read_panoptic
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import family_attn_scale, family_dense_mode, load_eval_model
+    from declip.evaluate.text import eval_options, family_attn_scale, family_dense_mode, load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
     spec = dataset_spec(cfg, args.dataset or settings["dataset"], args.data)
@@ -247,5 +247,6 @@ def main(args, cfg: dict) -> dict:
                             family_attn_scale(cfg, "regionclf"))
     classifiers = tuple(settings.get("classifiers", CLASSIFIERS))
     metrics = evaluate(model, dataset, settings, cfg["student"], classifiers)
+    metrics["options"] = eval_options(cfg, args.variant, model, maskpool=settings.get("maskpool", "authors"))
     out = write_metrics(args.out, metrics)
     return {"artifacts": [str(out)]}  # metrics.json is a rule output: the tracking layer logs its numbers

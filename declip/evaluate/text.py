@@ -175,13 +175,29 @@ def family_attn_scale(cfg: dict, family: str) -> str:
     return cfg.get("evaluate", {}).get(family, {}).get("attn_scale") or cfg["method"].get("attn_scale", "auto")
 
 
-def checkpoint_format(cfg: dict, variant: str, checkpoint: str | None = None) -> str | None:
-    """Key layout of a released checkpoint (`method.checkpoint_format`, default `student.checkpoint_format`);
-    None elsewhere, where `load_clip` decides (original weights: student's format; ours: open_clip)."""
+def checkpoint_format(cfg: dict, variant: str, path: Path) -> str | None:
+    """Key layout of a released checkpoint (`method.checkpoint_format`, default `student.checkpoint_format`)
+    when `path` is the variant's `method.checkpoint`; None elsewhere, where `load_clip` decides (original
+    weights: the student's format; the suite's distilled models: open_clip)."""
     method = cfg.get("method", {})
-    if not checkpoint and variant != "clip" and not method.get("train", True) and method.get("checkpoint"):
+    if variant != "clip" and not method.get("train", True) and method.get("checkpoint") \
+            and resolve_path(method["checkpoint"]) == Path(path):
         return method.get("checkpoint_format") or cfg["student"]["checkpoint_format"]
     return None
+
+
+def eval_options(cfg: dict, variant: str, model: EvalModel, **extra) -> dict:
+    """The options that produced a family's metrics (metrics.json `options`, shown by the tables): where the
+    weights come from (`released` = the authors' checkpoint, `distilled` = ours, `original` = the CLIP),
+    the resolved dense options, and the family's own (`extra`)."""
+    method = cfg.get("method", {})
+    if variant == "clip" or (not method.get("train", True) and not method.get("checkpoint")):
+        weights = "original"
+    else:
+        weights = "released" if not method.get("train", True) else "distilled"
+    d = model.dense
+    return {"weights": weights, "checkpoint": Path(model.checkpoint).name, "dense_mode": d.dense_mode,
+            "attn_scale": d.attn_scale, "context_proj": d.context_proj, "token_norm": d.token_norm, **extra}
 
 
 def load_eval_model(cfg: dict, variant: str, checkpoint: str | None, device, dense_mode: str,
@@ -191,7 +207,7 @@ def load_eval_model(cfg: dict, variant: str, checkpoint: str | None, device, den
 
     ckpt = resolve_checkpoint(cfg, variant, checkpoint)
     clip = load_clip(cfg["student"], checkpoint=ckpt,
-                     checkpoint_format=checkpoint_format(cfg, variant, checkpoint)).to(device).eval()
+                     checkpoint_format=checkpoint_format(cfg, variant, ckpt)).to(device).eval()
     method = cfg.get("method", {})
     dense = dense_model(clip, method, dense_mode, attn_scale).to(device).eval()
     return EvalModel(clip, dense, tokenizer(cfg["student"]), cfg["student"]["model"], ckpt, device,
