@@ -23,7 +23,7 @@ def crop_targets(teacher, originals: list, boxes: list, crop_size: int, mean, st
     from declip.data.crops import box_crops
     from declip.data.images import normalize
 
-    dev = next(iter(teacher.parameters())).device if hasattr(teacher, "parameters") else None
+    dev = next((p.device for p in teacher.parameters()), None) if hasattr(teacher, "parameters") else None
     with torch.no_grad():
         crops = torch.cat([box_crops(img.to(dev) if dev is not None else img, b.tolist(), crop_size)
                            for img, b in zip(originals, boxes)])
