@@ -194,3 +194,23 @@ def test_losses_backpropagate_to_the_student_only():
     terms = L.distill_losses(out, rois, teachers, METHOD, image_size=32)
     terms["loss"].backward()
     assert out.content.grad.abs().sum() > 0 and out.context.grad.abs().sum() > 0
+
+
+def test_token_norm_before_pool_normalises_tokens_before_roialign():
+    """With DenseOutput.token_norm (method.token_norm_before_pool) L_self pools unit tokens: for a box that
+    covers whole tokens, the region feature is the normalised mean of the normalised tokens (CLIPSelf
+    encode_dense l.586 then roi_align), computed here by hand; the context loss is unaffected."""
+    from declip.models.dense import DenseOutput
+
+    raw, rois, teachers = _inputs()
+    rois = torch.tensor([[0.0, 0, 0, 16, 16], [1.0, 8, 8, 24, 24]])  # token-aligned: tokens 0-1 / 1-2
+    for norm in (False, True):
+        out = DenseOutput(content=raw.content, context=raw.context, token_norm=norm)
+        terms = L.distill_losses(out, rois, teachers, dict(METHOD, rcc=False), image_size=32)
+        tokens = raw.content / raw.content.norm(dim=1, keepdim=True) if norm else raw.content
+        feats = torch.stack([tokens[0, :, 0:2, 0:2].mean(dim=(1, 2)), tokens[1, :, 1:3, 1:3].mean(dim=(1, 2))])
+        feats = feats / feats.norm(dim=1, keepdim=True)
+        want = (1 - (feats * teachers.crops).sum(1)).mean()
+        assert float(terms["loss_self"]) == pytest.approx(float(want), rel=1e-5)
+        expected_ctx = L.context_loss(raw.context, teachers.vfm.flatten(1, 2), "kl", 0.1)
+        assert float(terms["loss_context"]) == pytest.approx(float(expected_ctx), rel=1e-6)
