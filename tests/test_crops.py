@@ -68,3 +68,20 @@ def test_clip_center_crop_matches_torchvision_resize_and_center_crop(shape):
     ref = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
     want = torch.from_numpy(np.stack([np.clip(np.asarray(ref(ch)), 0, 1) for ch in _pil_channels(img)]))
     torch.testing.assert_close(clip_center_crop(img, size), want, atol=2e-6, rtol=0)
+
+
+def test_distillation_items_carry_the_original_for_the_crop_teacher(tmp_path):
+    """Regions are drawn on the letterbox; box / scale is the same region of the original image, which is
+    what the teacher crops are cut from (DeCLIP training/data.py crops `old_image`)."""
+    from declip.distill.data import LetterboxDataset, collate
+    from declip.distill.regions import grid_cells
+
+    arr = (np.random.default_rng(2).random((30, 45, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    item = LetterboxDataset([("a", tmp_path / "a.png")], 24)[0]
+    batch = collate([item])
+    assert batch["original"][0].shape == (3, 30, 45) and batch["image"].shape == (1, 3, 24, 24)
+    h, w = batch["size"][0].tolist()  # 16 x 24 content
+    cells = grid_cells(h, w, 2, 3).double() / batch["scale"][0]
+    torch.testing.assert_close(cells[-1], torch.tensor([30.0, 15.0, 45.0, 30.0], dtype=torch.float64))
+    torch.testing.assert_close(batch["original"][0], torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
