@@ -162,5 +162,6 @@ def main(args, cfg: dict) -> dict:
                             family_attn_scale(cfg, "tfseg"))
     metrics = evaluate(model, benchmark, spec, settings, cfg["student"], save_pred=args.save_pred)
     metrics["options"] = eval_options(cfg, args.variant, model)
+    metrics["options"].pop("token_norm")  # no pooling here: segmentation always scores L2-normalised tokens
     out = write_metrics(args.out, metrics)
     return {"artifacts": [str(out)]}  # metrics.json is a rule output: the tracking layer logs its numbers
