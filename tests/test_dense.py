@@ -202,7 +202,7 @@ def vanilla_reference(clip, images):
 def test_modes_match_explicit_algebra(clip, mode, attn_scale):
     torch.manual_seed(1)
     images = torch.randn(2, 3, 32, 32)
-    dense = DenseCLIP(clip, dense_mode=mode, attn_scale=attn_scale, context_proj="q")
+    dense = DenseCLIP(clip, dense_mode=mode, attn_scale=attn_scale)  # context_proj auto: the mode's own
     with torch.no_grad():
         out = dense(images)
     assert out.content.shape == (2, 16, 4, 4)
@@ -223,8 +223,8 @@ def test_modes_match_explicit_algebra(clip, mode, attn_scale):
         torch.testing.assert_close(c @ c.transpose(1, 2), (q @ q.transpose(1, 2) + k @ k.transpose(1, 2)) / 2,
                                    atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.context.norm(dim=-1), torch.ones(2, 16))
-    else:
-        torch.testing.assert_close(out.context, ctx[0], atol=1e-5, rtol=1e-4)
+    else:  # qq -> Q, kk -> K (DeCLIP eva_vit_model.py ss_attn returns q / k for *_vfm_distill)
+        torch.testing.assert_close(out.context, ctx[0] if mode == "qq" else ctx[1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("proj", ["q", "k", "qk"])
@@ -338,13 +338,16 @@ def test_freezing_scheme(clip):
 
     trainable = set(set_trainable(clip, None, "qq"))
     assert trainable == block_names - ffn - k_names
-    assert trainable == {n for n, p in clip.named_parameters() if p.requires_grad}
+    # value (CLIPSelf) reads only V: Q and K (and a fused Eva's separate q bias) are frozen too.
+    q_bias = {f"{last}.attn.q_bias"} & all_names if eva and blk.attn.qkv is not None else set()
+    assert set(set_trainable(clip, None, "value")) == block_names - q_names - k_names - q_bias
+    assert set(set_trainable(clip, None, "kk")) == block_names - ffn - q_names - q_bias
+    assert set(set_trainable(clip, None, "qq")) == {n for n, p in clip.named_parameters() if p.requires_grad}
     assert not any(n.startswith("text.") or "logit_scale" in n for n in trainable)
 
     assert set(set_trainable(clip, 1, "qq", context_proj="k")) == {n for n in block_names if n.startswith(last)} - ffn
     assert set(set_trainable(clip, 1, "kk", context_proj="k")) == {
-        n for n in block_names if n.startswith(last)} - ffn - q_names
-    assert set(set_trainable(clip, 2, "value")) == block_names
+        n for n in block_names if n.startswith(last)} - ffn - q_names - q_bias
     assert set(set_trainable(clip, 2, "vanilla")) == block_names
     assert not any(n.startswith(first) for n in set_trainable(clip, 1, "csa"))
     with pytest.raises(UserFacingError, match="trainable_blocks"):
@@ -383,11 +386,12 @@ def test_unused_fused_rows_are_the_unread_projection(clip, mode, proj):
     pins = unused_fused_rows(model, mode, proj)
     fused = last_block(model).attn
     fused = getattr(fused, "in_proj_weight", None) is not None or getattr(fused, "qkv", None) is not None
-    if not fused or (mode, proj) not in {("qq", "q"), ("kk", "k")}:
+    if not fused or (mode, proj) not in {("qq", "q"), ("kk", "k"), ("value", "q")}:
         assert pins == []
         return
     width = pins[0][0].shape[0] // 3
-    assert pins[0][1] == (slice(width, 2 * width) if mode == "qq" else slice(0, width))
+    want = {"qq": [slice(width, 2 * width)], "kk": [slice(0, width)], "value": [slice(0, width), slice(width, 2 * width)]}
+    assert sorted({(r.start, r.stop) for _, r in pins}) == [(r.start, r.stop) for r in want[mode]]
     dense = DenseCLIP(model, dense_mode=mode, context_proj=proj)
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -395,11 +399,12 @@ def test_unused_fused_rows_are_the_unread_projection(clip, mode, proj):
         for p, rows in pins:
             p[rows] += 1.0
         after = dense(images)
-        for p, rows in pins:  # a row outside the slice is read
-            p[(rows.start + width) % (3 * width)] += 1.0
+        for p, rows in pins:  # a V row is always read
+            p[2 * width] += 1.0
         moved = dense(images)
     torch.testing.assert_close(after.content, before.content)
-    torch.testing.assert_close(after.context, before.context)
+    if before.context is not None:
+        torch.testing.assert_close(after.context, before.context)
     assert not torch.allclose(moved.content, before.content)
 
 
@@ -415,3 +420,50 @@ def test_grad_checkpointing_gives_the_same_gradients(clip):
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
+# ---- issue 9: upstream rules per tower ---------------------------------------------------------------
+
+def test_auto_options_follow_the_authors_code_per_tower(clip):
+    """attn_scale / token norm `auto`: DeCLIP's plain-ViT code scales by 1/sqrt(d) and L2-normalises the
+    tokens before pooling; its EVA code does neither; CLIPSelf's value path normalises on both towers."""
+    eva = is_eva(clip)
+    qq = DenseCLIP(clip, dense_mode="qq")
+    assert qq.attn_scale == ("none" if eva else "sqrt_d") and qq.token_norm is (not eva)
+    assert DenseCLIP(clip, dense_mode="value").token_norm is True
+    assert DenseCLIP(clip, dense_mode="qq", token_norm_before_pool=False).token_norm is False
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = qq(images)
+    x = last_block_input(clip, images)
+    ref, _ = manual_dense(clip, x, "qq", 1.0 if eva else (32 // heads_of(clip)) ** -0.5)
+    torch.testing.assert_close(out.content.flatten(2).transpose(1, 2), ref, atol=2e-5, rtol=1e-4)
+    pooled = out.pool_map()
+    want = F.normalize(out.content, dim=1) if not eva else out.content
+    torch.testing.assert_close(pooled, want)
+
+
+@pytest.mark.parametrize("mode", ["qq", "kk", "csa"])
+def test_layer_scale_scales_the_decoupled_output(clip, mode):
+    """gamma_1 / ls_1 multiplies the decoupled attention output (DeCLIP forward_without_rcffn, ss_attn)."""
+    from open_clip.transformer import LayerScale
+
+    model = copy.deepcopy(clip)
+    blk = last_block(model)
+    gamma = 0.5 + torch.rand(32, generator=torch.Generator().manual_seed(4))
+    if is_eva(model):
+        blk.gamma_1 = torch.nn.Parameter(gamma.clone())
+    else:
+        blk.ls_1 = LayerScale(32, 1.0)
+        blk.ls_1.gamma.data.copy_(gamma)
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        got = DenseCLIP(model, dense_mode=mode, attn_scale="none")(images).content.flatten(2).transpose(1, 2)
+    x = last_block_input(model, images)
+    q, k, v = manual_qkv(model, blk, x)
+    h = heads_of(model)
+    qh, kh, vh = split_heads(q, h), split_heads(k, h), split_heads(v, h)
+    att = {"qq": [qh], "kk": [kh], "csa": [qh, kh]}[mode]
+    a = sum(torch.softmax(z @ z.transpose(-1, -2), dim=-1) for z in att)
+    out = manual_attn_out(model, blk, merge_heads(a @ vh)) * gamma
+    torch.testing.assert_close(got, manual_head(model, out[:, 1:]), atol=2e-5, rtol=1e-4)

@@ -156,3 +156,28 @@ def test_user_errors(cfg, eva_checkpoint, images, tmp_path, fast_create):
     with pytest.raises(UserFacingError, match="is not an image"):
         run_cli(cfg, *eva_args(eva_checkpoint, "qq", tmp_path / "missing.txt", tmp_path / "x.npz"))
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_context_is_the_modes_own_features(cfg, eva_checkpoint, reference, images, tmp_path, fast_create):
+    """`--mode kk` returns K and `--mode csa` Q||K (normalised halves / sqrt 2) with context_proj auto,
+    checked against Q and K computed here from the last block's raw weights."""
+    import torch.nn.functional as F
+    from test_dense import last_block, manual_qkv
+
+    _, npy, pixels = images
+    seen = {}
+    blk = last_block(reference)
+
+    def grab(mod, args, kwargs):
+        seen["x"] = args[0]
+
+    handle = blk.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        DenseCLIP(reference, dense_mode="vanilla")(pixels)
+        handle.remove()
+        q, k, _ = manual_qkv(reference, blk, seen["x"])
+    q, k = q[:, 1:], k[:, 1:]
+    for mode, want in (("kk", k), ("csa", torch.cat([F.normalize(q, dim=-1), F.normalize(k, dim=-1)], -1) / 2 ** 0.5)):
+        run_cli(cfg, *eva_args(eva_checkpoint, mode, npy, tmp_path / f"{mode}.npz"))
+        got = torch.from_numpy(np.load(tmp_path / f"{mode}.npz")["context"])
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)

@@ -12,19 +12,6 @@ import torch.nn.functional as F
 from declip.distill import losses as L
 
 
-def _bilinear(img, y, x):
-    """Bilinear sample of img (C,H,W) at pixel-index coordinates (y, x); zero outside [-1, H]."""
-    c, h, w = img.shape
-    if y < -1 or y > h or x < -1 or x > w:
-        return np.zeros(c)
-    y, x = min(max(y, 0), h - 1), min(max(x, 0), w - 1)
-    y0, x0 = int(np.floor(y)), int(np.floor(x))
-    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-    ly, lx = y - y0, x - x0
-    return ((1 - ly) * (1 - lx) * img[:, y0, x0] + (1 - ly) * lx * img[:, y0, x1]
-            + ly * (1 - lx) * img[:, y1, x0] + ly * lx * img[:, y1, x1])
-
-
 def _softmax(x, t):
     return scipy.special.softmax(np.asarray(x, dtype=np.float64) / t, axis=-1)
 
@@ -35,31 +22,8 @@ def _cos_matrix(tokens):
 
 
 # ------------------------------------------------------------------------------------------ crops
-def test_crop_shrink_is_area_average_and_letterboxed():
-    g = torch.Generator().manual_seed(0)
-    img = torch.rand(2, 3, 32, 32, generator=g)
-    rois = torch.tensor([[1.0, 4, 8, 20, 16]])  # w 16, h 8 on image 1 -> crop 8: factor 2, content 8 x 4
-    crop = L.crop_resize(img, rois, 8)[0]
-    expected = F.avg_pool2d(img[1:, :, 8:16, 4:20], 2)[0]
-    torch.testing.assert_close(crop[:, :4, :8], expected, atol=1e-5, rtol=0)
-    assert crop[:, 4:].abs().max() == 0  # zero padding at the bottom, not the pixels below the cell
-
-
-def test_crop_enlarge_matches_explicit_bilinear():
-    g = torch.Generator().manual_seed(1)
-    img = torch.rand(1, 3, 16, 16, generator=g)
-    x1, y1, w, h, size = 5.0, 6.0, 3.0, 4.0, 8  # tall cell: long side h -> 8, content width round(3*2) = 6
-    crop = L.crop_resize(img, torch.tensor([[0.0, x1, y1, x1 + w, y1 + h]]), size)[0].numpy()
-    step = h / size
-    npimg = img[0].numpy()
-    expected = np.zeros((3, size, size))
-    for i in range(size):
-        for j in range(6):
-            expected[:, i, j] = _bilinear(npimg, y1 + (i + 0.5) * step - 0.5, x1 + (j + 0.5) * step - 0.5)
-    np.testing.assert_allclose(crop, expected, atol=1e-5)
-
-
 def test_crop_targets_one_batched_forward_normalised():
+    """All regions of all images go through ONE teacher forward; crops are cut from each original image."""
     calls = []
 
     class Teacher:
@@ -67,12 +31,15 @@ def test_crop_targets_one_batched_forward_normalised():
             calls.append(x.shape)
             return x.mean(dim=(2, 3)) * 3.0 + 0.1  # not unit-norm: the caller normalises
 
-    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    rois = torch.tensor([[0.0, 0, 0, 16, 16], [1.0, 8, 8, 32, 20], [1.0, 0, 0, 4, 30]])
-    out = L.crop_targets(Teacher(), img, rois, 8, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    g = torch.Generator().manual_seed(2)
+    originals = [torch.rand(3, 20, 30, generator=g), torch.rand(3, 40, 24, generator=g)]
+    boxes = [torch.tensor([[0.0, 0, 16, 16]]), torch.tensor([[8.0, 8, 24, 20], [0, 0, 4, 30]])]
+    out = L.crop_targets(Teacher(), originals, boxes, 8, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     assert calls == [(3, 3, 8, 8)]
-    crops = (L.crop_resize(img, rois, 8) - 0.5) / 0.25
-    torch.testing.assert_close(out, F.normalize(crops.mean(dim=(2, 3)) * 3.0 + 0.1, dim=-1))
+    from declip.data.crops import box_crops
+
+    crops = torch.cat([box_crops(o, b.tolist(), 8) for o, b in zip(originals, boxes)])
+    torch.testing.assert_close(out, F.normalize(((crops - 0.5) / 0.25).mean(dim=(2, 3)) * 3.0 + 0.1, dim=-1))
 
 
 # ------------------------------------------------------------------------------ content: L_self
@@ -227,3 +194,23 @@ def test_losses_backpropagate_to_the_student_only():
     terms = L.distill_losses(out, rois, teachers, METHOD, image_size=32)
     terms["loss"].backward()
     assert out.content.grad.abs().sum() > 0 and out.context.grad.abs().sum() > 0
+
+
+def test_token_norm_before_pool_normalises_tokens_before_roialign():
+    """With DenseOutput.token_norm (method.token_norm_before_pool) L_self pools unit tokens: for a box that
+    covers whole tokens, the region feature is the normalised mean of the normalised tokens (CLIPSelf
+    encode_dense l.586 then roi_align), computed here by hand; the context loss is unaffected."""
+    from declip.models.dense import DenseOutput
+
+    raw, rois, teachers = _inputs()
+    rois = torch.tensor([[0.0, 0, 0, 16, 16], [1.0, 8, 8, 24, 24]])  # token-aligned: tokens 0-1 / 1-2
+    for norm in (False, True):
+        out = DenseOutput(content=raw.content, context=raw.context, token_norm=norm)
+        terms = L.distill_losses(out, rois, teachers, dict(METHOD, rcc=False), image_size=32)
+        tokens = raw.content / raw.content.norm(dim=1, keepdim=True) if norm else raw.content
+        feats = torch.stack([tokens[0, :, 0:2, 0:2].mean(dim=(1, 2)), tokens[1, :, 1:3, 1:3].mean(dim=(1, 2))])
+        feats = feats / feats.norm(dim=1, keepdim=True)
+        want = (1 - (feats * teachers.crops).sum(1)).mean()
+        assert float(terms["loss_self"]) == pytest.approx(float(want), rel=1e-5)
+        expected_ctx = L.context_loss(raw.context, teachers.vfm.flatten(1, 2), "kl", 0.1)
+        assert float(terms["loss_context"]) == pytest.approx(float(expected_ctx), rel=1e-6)

@@ -39,6 +39,7 @@ def _pixel_onehot(images):
 
 class ColourDense(torch.nn.Module):
     embed_dim = 200
+    dense_mode, attn_scale, context_proj, token_norm = "qq", "none", "q", True  # reported in metrics options
 
     def encode_image(self, images):
         votes = _pixel_onehot(images).sum((2, 3))
@@ -53,7 +54,7 @@ def fake_model(*_args, **_kwargs):
     def text(names, templates):
         return torch.eye(200)[: len(names)], list(range(len(names)))
 
-    return SimpleNamespace(dense=ColourDense(), text=text, device=torch.device("cpu"))
+    return SimpleNamespace(dense=ColourDense(), text=text, device=torch.device("cpu"), checkpoint="fake.pt")
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,37 @@ def test_view_ranking_masks_and_multilevel_boxes():
     boxes = P.multilevel_boxes(m, 3, 0.1)
     # width 13, height 7: grows by int(1.3)=1 and int(0.7)=0 per level (OpenMask3D mask2box_multi_level)
     assert boxes == [(9, 4, 22, 11), (8, 4, 23, 11), (7, 4, 24, 11)]
+
+
+def test_truncated_projection_is_openmask3d_int_assignment():
+    """OpenMask3D stores x/z, y/z in an int array (features_extractor.py get_visible_points_view): numpy
+    truncates toward zero, so -0.7 -> 0 (inside) and 3.9 -> 3."""
+    rng = np.random.default_rng(0)
+    pts = np.column_stack([rng.uniform(-1, 1, 50), rng.uniform(-1, 1, 50), rng.uniform(0.5, 3, 50)])
+    K = np.array([[30.0, 0, 15.3], [0, 30.0, 10.7], [0, 0, 1]])
+    pose = np.eye(4)
+    u, v, _ = P.project(pts, pose, K, rounding="truncate")
+    proj = (K @ pts.T).T  # camera = world for the identity pose (x right, y down, z forward)
+    want = np.zeros((50, 2), dtype=int)
+    want[:] = np.column_stack([proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2]])
+    np.testing.assert_array_equal(np.column_stack([u, v]).astype(int), want)
+
+
+def test_views_ranked_by_distinct_pixels_as_openmask3d():
+    """get_top_k_indices_per_mask sums a per-view boolean image of the mask's projected visible points:
+    points sharing a pixel count once."""
+    rng = np.random.default_rng(1)
+    n_views, n_pts, h, w = 4, 60, 6, 7
+    vis = rng.random((n_views, n_pts)) > 0.3
+    us, vs = rng.integers(0, w, (n_views, n_pts)), rng.integers(0, h, (n_views, n_pts))
+    us[2, :40], vs[2, :40] = 3, 3  # view 2: many points on one pixel -> few distinct pixels
+    masks = rng.random((3, n_pts)) > 0.5
+    want = np.zeros((n_views, 3), dtype=int)
+    for i in range(n_views):
+        for j in range(3):
+            image = np.zeros((h, w), bool)
+            sel = masks[j] & vis[i]
+            image[vs[i, sel], us[i, sel]] = True
+            want[i, j] = image.sum()
+    np.testing.assert_array_equal(P.view_pixel_counts(vis, us, vs, masks, w), want)
+    assert (P.view_counts(vis, masks)[2] > want[2]).all()  # the point count ranks view 2 differently

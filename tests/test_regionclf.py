@@ -6,7 +6,6 @@ class colour at the centre of the crop's content. Every classifier must then be 
 """
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 
 from declip.data.panoptic import read_panoptic
 from declip.evaluate import regionclf as R
+from declip.models.dense import DenseOutput
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])  # class colours
@@ -33,7 +33,7 @@ class FakeDense(torch.nn.Module):
         return (d == d.min(1, keepdim=True).values).float() * near
 
     def forward(self, x):
-        return SimpleNamespace(content=F.avg_pool2d(self._onehot(x), self.patch_size), context=None)
+        return DenseOutput(content=F.avg_pool2d(self._onehot(x), self.patch_size), context=None)
 
     def encode_image(self, x):
         oh = self._onehot(x)
@@ -126,6 +126,54 @@ def test_mask_weights_keep_majority_tokens_and_never_empty():
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, :4, :4] = True  # exactly token (0, 0) of a 2x2 grid
     masks[1, 3:5, 3:5] = True  # a quarter of each of the four tokens: no majority -> coverage weights
-    w = R.mask_token_weights(masks, 8, 2)
+    w = R.mask_token_weights(masks, 8, 2, "coverage")
     assert torch.allclose(w[0], torch.tensor([1.0, 0, 0, 0]))
     assert torch.allclose(w[1], torch.full((4,), 0.25))
+
+
+def test_authors_mask_weights_are_resizelongest_bicubic_above_zero():
+    """`authors` = DeCLIP/CLIPSelf: the mask through ResizeLongest(grid) (torchvision bicubic on a tensor,
+    antialias off as in torchvision < 0.17), tokens > 0 kept, equal weights, no fallback."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 30, 45, dtype=torch.bool)
+    masks[0, 5:20, 10:30] = True
+    masks[1] = torch.rand(30, 45, generator=g) > 0.7  # ragged: bicubic over/undershoot matters
+    # masks[2] stays empty: no fallback, all-zero weights (the authors divide by count + 1e-12)
+    grid = 6
+    scale = grid / 45
+    nh, nw = round(30 * scale), round(45 * scale)
+    small = TF.resize(masks.float(), [nh, nw], InterpolationMode.BICUBIC, antialias=False)
+    keep = torch.zeros(3, grid, grid)
+    keep[:, :nh, :nw] = (small > 0).float()
+    want = keep.flatten(1) / (keep.flatten(1).sum(1, keepdim=True) + 1e-12)
+    torch.testing.assert_close(R.mask_token_weights(masks, 99, grid, "authors"), want)
+    assert R.mask_token_weights(masks, 99, grid)[2].abs().sum() == 0  # authors is the default
+
+
+def test_pooling_reads_normalised_tokens_when_token_norm(tmp_path):
+    """rois / maskpool pool `DenseOutput.pool_map()`: with token_norm the tokens are unit vectors first."""
+    from declip.evaluate.regionclf import ImageSegments
+
+    content = torch.rand(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 5
+
+    class Dense(torch.nn.Module):
+        def __init__(self, norm):
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, x):
+            return DenseOutput(content=content, context=None, token_norm=self.norm)
+
+    segs = ImageSegments([0], [True], [(0.0, 0.0, 16.0, 16.0)], [(0.0, 0.0, 16.0, 16.0)],
+                         np.pad(np.ones((16, 16), bool), ((0, 16), (0, 16)))[None])
+    img = torch.rand(3, 32, 32)
+    for norm in (False, True):
+        model = type("M", (), {"dense": Dense(norm), "device": torch.device("cpu")})()
+        feats = R.classify_image(model, img, segs, ("rois", "maskpool"), 32, 16, MEAN, STD)
+        tokens = F.normalize(content[0], dim=0) if norm else content[0]
+        want = F.normalize(tokens[:, :4, :4].mean(dim=(1, 2)), dim=0)  # the box / mask covers tokens 0-3 x 0-3
+        torch.testing.assert_close(feats["rois"][0], want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(feats["maskpool"][0], want, atol=1e-5, rtol=0)

@@ -180,9 +180,9 @@ def test_tfseg_mini_layout_has_no_paper_values(metrics_root, tmp_path):
     out = tmp_path / "tables"
     render_tables(metrics_root, out, ["tfseg"], cfg={**MINI_CFG, "evaluate": {"tfseg": {"benchmarks": ["mini2d_val"]}}})
     header, rows = _read_csv(out / "tfseg.csv")
-    assert header == ["variant", "mini2d_val.mIoU", "avg.mIoU", "preset", "protocol", "source"]
+    assert header == ["variant", "mini2d_val.mIoU", "avg.mIoU", "preset", "protocol", "weights", "options", "source"]
     assert rows == [{"variant": "declip", "mini2d_val.mIoU": "33.3", "avg.mIoU": "33.3", "preset": "mini",
-                     "protocol": "feature protocol: tfseg", "source": ""}]
+                     "protocol": "feature protocol: tfseg", "weights": "", "options": "", "source": ""}]
 
 
 def test_tfseg_paper_layout_values_average_and_peers(tmp_path):
@@ -226,7 +226,7 @@ def test_table2_rows_columns_and_paper_cells(tmp_path):
     header, rows = _read_csv(table2)
     metrics = ["AP", "AP50", "AP25", "AP_head", "AP_common", "AP_tail"]
     assert header == ["host", "mode", "variant"] + [c for m in metrics for c in (m, f"{m}.paper", f"{m}.delta")] + \
-        ["preset", "protocol", "source"]
+        ["preset", "protocol", "weights", "options", "source"]
     keys = [(r["host"], r["mode"], r["variant"]) for r in rows]
     # Configured Table 2 variants first, in their order, then other variants found on disk.
     assert keys == [("openmask3d", "crops", "random labels"), ("openmask3d", "crops", "clip"),
@@ -283,3 +283,31 @@ def test_metric_keys_and_labels():
     assert Metric(TFSEG, "mIoU", AVG).key == "avg.mIoU"
     assert Metric(REGIONCLF, "rois.thing_top1").label == "rois thing@1"
     assert Metric(OV3D, "AP_tail").key == "AP_tail"
+
+
+def test_rows_say_which_weights_and_options_produced_them(tmp_path):
+    """Released-weight rows are marked as such; options agreeing across families are listed once, differing
+    ones per family; files without options leave the cells empty."""
+    root = tmp_path / "eval"
+    base = {"dense_mode": "qq", "attn_scale": "none", "context_proj": "q", "token_norm": False}
+    rel = {"weights": "released", "checkpoint": "x.pt", **base, "dense_mode": "csa", "attn_scale": "sqrt_d"}
+    ours = {"weights": "distilled", "checkpoint": "model.pt", **base}
+    _write(root, "regionclf/mini2d_val/released_declip/metrics.json",
+           {"rois": _rc(50.0, 40.0), "options": {**rel, "maskpool": "authors"}})
+    _write(root, "tfseg/mini2d_val/released_declip/metrics.json", {"mIoU": 30.0, "options": rel})
+    _write(root, "regionclf/mini2d_val/declip/metrics.json", {"rois": _rc(55.0, 45.0), "options": ours})
+    _write(root, "tfseg/mini2d_val/declip/metrics.json", {"mIoU": 31.0, "options": ours})
+    _write(root, "regionclf/mini2d_val/clip/metrics.json", {"rois": _rc(20.0, 10.0)})
+    out = tmp_path / "tables"
+    cfg = {"preset": "mini", "variants": ["clip", "declip", "released_declip"],
+           "evaluate": {"regionclf": {"dataset": "mini2d_val", "classifiers": ["rois"]}, "tfseg": {"benchmarks": ["mini2d_val"]}}}
+    render_tables(root, out, ["tfseg", "regionclf"], cfg=cfg)
+    _, tf = _read_csv(out / "tfseg.csv")
+    by = {r["variant"]: r for r in tf}
+    assert by["released_declip"]["weights"] == "released" and by["declip"]["weights"] == "distilled"
+    assert by["released_declip"]["options"] == "dense_mode=csa, attn_scale=sqrt_d, context_proj=q, token_norm=false"
+    _, rc = _read_csv(out / "regionclf.csv")
+    by = {r["variant"]: r for r in rc}
+    assert by["released_declip"]["options"].endswith("maskpool=authors")
+    assert by["clip"]["weights"] == "" and by["clip"]["options"] == ""
+    assert "`released` = the authors' released checkpoint" in (out / "regionclf.md").read_text()

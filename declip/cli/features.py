@@ -36,9 +36,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", choices=_method_choices("dense_mode"), default=None,
                         help="Last-block attention (default: config method.dense_mode).")
     parser.add_argument("--attn-scale", choices=_method_choices("attn_scale"), default=None,
-                        help="q-q logit scale (default: config method.attn_scale).")
+                        help="q-q/k-k logit scale; auto = the authors' code for the tower (default: config method.attn_scale).")
     parser.add_argument("--context-proj", choices=_method_choices("context_proj"), default=None,
-                        help="Projection forming the context tokens (default: config method.context_proj).")
+                        help="Projection forming the context tokens; auto = the mode's own (qq: Q, kk: K, csa: Q||K) "
+                             "(default: config method.context_proj).")
     parser.add_argument("--image-size", type=int, default=None,
                         help="Letterbox size in pixels, a multiple of the patch size (default: config student.image_size).")
     parser.add_argument("--input", required=True, help="Image file, folder of images, or .npy (N,3,H,W) normalised pixels.")
@@ -110,12 +111,12 @@ def run(args, cfg: dict) -> dict:
     from tqdm import tqdm
 
     from declip.models.clip import load_clip
-    from declip.models.dense import DenseCLIP
+    from declip.models.dense import dense_model
 
-    method = cfg.get("method", {})
+    method = dict(cfg.get("method", {}))
     mode = args.mode or method.get("dense_mode", "qq")
-    attn_scale = args.attn_scale or method.get("attn_scale", "none")
-    context_proj = args.context_proj or method.get("context_proj", "q")
+    # context_proj `auto` (the default) follows the mode: --mode kk returns K, --mode csa Q||K.
+    method.update({k: v for k, v in (("attn_scale", args.attn_scale), ("context_proj", args.context_proj)) if v})
     student = _student_cfg(cfg, args.model, args.checkpoint)
     image_size = args.image_size or student["image_size"]
     if args.batch_size < 1:
@@ -125,7 +126,7 @@ def run(args, cfg: dict) -> dict:
     device = pick_device(args.device)
 
     clip = load_clip(student, checkpoint=args.checkpoint, checkpoint_format=args.checkpoint_format)
-    dense = DenseCLIP(clip, dense_mode=mode, attn_scale=attn_scale, context_proj=context_proj).to(device).eval()
+    dense = dense_model(clip, method, mode).to(device).eval()
     if image_size % dense.patch_size:
         raise UserFacingError(f"--image-size {image_size} is not a multiple of the patch size {dense.patch_size}")
     use_bf16 = args.precision == "bf16" or (

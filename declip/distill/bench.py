@@ -91,7 +91,10 @@ def synthetic_batch(batch: int, image_size: int, generator):
         h, w = (image_size, short) if i % 2 else (short, image_size)
         images[i, :, :h, :w] = torch.rand(3, h, w, generator=generator)
         sizes.append((h, w))
-    return {"image": images, "size": torch.tensor(sizes), "index": torch.arange(batch)}
+    # The "original" of each image is its unpadded content at scale 1 (the crop teacher cuts from it).
+    return {"image": images, "size": torch.tensor(sizes), "index": torch.arange(batch),
+            "original": [images[i, :, :h, :w] for i, (h, w) in enumerate(sizes)],
+            "scale": torch.ones(batch, dtype=torch.float64)}
 
 
 def bench_distill(cfg: dict, variant: str = "declip", steps: int = 10, warmup: int = 2, device: str = "auto",

@@ -13,7 +13,9 @@ import math
 
 
 class LetterboxDataset:
-    """Items (image_id, path) -> dict(image (3,S,S) in [0,1], size (h, w) of the unpadded content, index)."""
+    """Items (image_id, path) -> dict(image (3,S,S) in [0,1], size (h, w) of the unpadded content, index,
+    original (3,H,W) in [0,1] and scale S / long side: the crop teacher cuts regions from the original,
+    as the authors' data pipeline does (DeCLIP training/data.py l.298-309))."""
 
     def __init__(self, items: list, image_size: int):
         self.items = list(items)
@@ -33,7 +35,7 @@ class LetterboxDataset:
         h, w = img.shape[-2:]
         # The same rounding as letterbox: the unpadded area is the region boxes are drawn on.
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        return {"image": boxed, "size": torch.tensor(size), "index": index}
+        return {"image": boxed, "size": torch.tensor(size), "index": index, "original": img, "scale": scale}
 
 
 def collate(samples: list) -> dict:
@@ -43,6 +45,8 @@ def collate(samples: list) -> dict:
         "image": torch.stack([s["image"] for s in samples]),
         "size": torch.stack([s["size"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples]),
+        "original": [s["original"] for s in samples],  # sizes differ: a list
+        "scale": torch.tensor([s["scale"] for s in samples], dtype=torch.float64),
     }
 
 

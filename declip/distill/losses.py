@@ -10,52 +10,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def crop_resize(images, rois, crop_size: int):
-    """(R, 3, crop, crop): each box of `images` (B,3,S,S), long side resized to crop_size, zero-padded right/bottom.
+def crop_targets(teacher, originals: list, boxes: list, crop_size: int, mean, std):
+    """Content-teacher targets (method.md 3): each region cut from its ORIGINAL-resolution image and resized
+    as the authors do (declip.data.crops.box_crops: PIL crop, ResizeMaxSize bicubic with centred padding),
+    then ONE forward of the frozen original CLIP, L2-normalised.
 
-    One roi_align call over a square box anchored at the cell's top-left corner; adaptive sampling
-    (sampling_ratio=-1) averages several samples per output pixel when shrinking, and the part of the
-    square beyond the cell is zeroed, which is the letterbox of the crop (method.md section 3).
+    originals: per image (3, H, W) in [0, 1]; boxes: per image (k_i, 4) x1, y1, x2, y2 in its pixels.
     """
-    import torch
-    from torchvision.ops import roi_align
-
-    x1, y1, x2, y2 = rois[:, 1], rois[:, 2], rois[:, 3], rois[:, 4]
-    w, h = x2 - x1, y2 - y1
-    side = torch.maximum(w, h)
-    square = torch.stack([rois[:, 0], x1, y1, x1 + side, y1 + side], dim=1)
-    crops = roi_align(images, square.to(images.dtype), output_size=crop_size, spatial_scale=1.0,
-                      sampling_ratio=-1, aligned=True)
-    # Same rounding as declip.data.images.letterbox: the content of the crop is round(side * scale) pixels.
-    nw = torch.round(w / side * crop_size).clamp(min=1)
-    nh = torch.round(h / side * crop_size).clamp(min=1)
-    ar = torch.arange(crop_size, device=images.device, dtype=nw.dtype)
-    keep = (ar[None, :, None] < nh[:, None, None]) & (ar[None, None, :] < nw[:, None, None])
-    return crops * keep[:, None].to(crops.dtype)
-
-
-def crop_targets(teacher, images01, rois, crop_size: int, mean, std):
-    """Content-teacher targets: every cell cropped on the device, ONE forward of the frozen original CLIP (method.md 3)."""
     import torch
     import torch.nn.functional as F
 
+    from declip.data.crops import box_crops
     from declip.data.images import normalize
 
+    dev = next((p.device for p in teacher.parameters()), None) if hasattr(teacher, "parameters") else None
     with torch.no_grad():
-        crops = normalize(crop_resize(images01, rois, crop_size), mean, std)
-        return F.normalize(teacher.encode_image(crops).float(), dim=-1)
+        crops = torch.cat([box_crops(img.to(dev) if dev is not None else img, b.tolist(), crop_size)
+                           for img, b in zip(originals, boxes)])
+        return F.normalize(teacher.encode_image(normalize(crops, mean, std)).float(), dim=-1)
 
 
 def region_features(content, rois, image_size: int):
-    """Student region embeddings: RoIAlign 1x1 (aligned, adaptive sampling) of the dense map, L2-normalised (method.md 3)."""
+    """Student region embeddings: RoIAlign 1x1 (aligned, adaptive sampling) of the dense map, L2-normalised (method.md 3).
+
+    `content` is the map pooled as is: pass `DenseOutput.pool_map()` for token normalisation before pooling."""
     import torch.nn.functional as F
     from torchvision.ops import roi_align
 
     scale = content.shape[-1] / image_size
     feats = roi_align(content.float(), rois.float(), output_size=1, spatial_scale=scale, sampling_ratio=-1, aligned=True)
     return F.normalize(feats.flatten(1), dim=-1)
-
-
 def self_loss(student_feats, teacher_feats):
     """L_self = mean over regions of 1 - cos(f_student, f_teacher) (CLIPSelf / method.md 3); inputs L2-normalised."""
     return (1.0 - (student_feats * teacher_feats).sum(-1)).mean()
@@ -146,13 +130,15 @@ def distill_losses(out, rois, teachers: Teachers, method: dict, image_size: int)
     import torch
 
     content = out.content
+    # RoIAlign reads the normalised tokens when method.token_norm_before_pool says so (DenseOutput.pool_map).
+    pooled = out.pool_map() if hasattr(out, "pool_map") else content
     zero = content.new_zeros((), dtype=torch.float32)
     terms = {"loss_self": zero, "loss_rcc": zero, "loss_context": zero}
     if method["content_loss"] == "self":
-        terms["loss_self"] = self_loss(region_features(content, rois, image_size), teachers.crops)
+        terms["loss_self"] = self_loss(region_features(pooled, rois, image_size), teachers.crops)
     vfm_map = None if teachers.vfm is None else teachers.vfm.permute(0, 3, 1, 2)
     if method["rcc"]:
-        terms["loss_rcc"] = rcc_loss(content, vfm_map, rois, image_size, method["rcc_grid"], method["rcc_temperature"])
+        terms["loss_rcc"] = rcc_loss(pooled, vfm_map, rois, image_size, method["rcc_grid"], method["rcc_temperature"])
     if method["context_loss"] != "none":
         grid = tuple(content.shape[-2:])
         # Coupled ablation (CVPR Table 1): the context loss acts on the dense map itself.

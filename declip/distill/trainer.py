@@ -34,13 +34,12 @@ def build_models(cfg: dict, method: dict, device, random_weights: bool = False):
     """(clip, student DenseCLIP, teacher DenseCLIP, original clip): the student's CLIP is trainable per
     `set_trainable`; the original is a frozen copy, the content teacher and the ensemble partner (method.md 1)."""
     from declip.models.clip import create_clip, load_clip
-    from declip.models.dense import DenseCLIP, set_trainable
+    from declip.models.dense import DenseCLIP, dense_model, set_trainable
 
     clip = create_clip(cfg["student"]) if random_weights else load_clip(cfg["student"])
     original = copy.deepcopy(clip).eval().requires_grad_(False)
     set_trainable(clip, method["trainable_blocks"], method["dense_mode"], method["context_proj"])
-    student = DenseCLIP(clip, dense_mode=method["dense_mode"], attn_scale=method["attn_scale"],
-                        context_proj=method["context_proj"]).to(device).train()
+    student = dense_model(clip, method).to(device).train()
     if cfg["distill"].get("grad_checkpointing"):
         student.set_grad_checkpointing(True)
     teacher = DenseCLIP(original, dense_mode="vanilla").to(device).eval()
@@ -229,12 +228,15 @@ def train_step(ctx: StepContext, step: int, micro_batches: list) -> dict:
             images = batch["image"].to(ctx.device, non_blocking=True)
             positions = rank_positions(ctx.batch_size, ctx.micro_batch, ctx.rank, ctx.world_size, micro)
             gens = [region_generator(ctx.seed, step, p) for p in positions]
-            rois = to_rois(sample_regions(batch["size"].tolist(), m["grid_max"], m["max_regions"], gens)).to(ctx.device)
+            boxes = sample_regions(batch["size"].tolist(), m["grid_max"], m["max_regions"], gens)
+            rois = to_rois(boxes).to(ctx.device)
             ids = [ctx.image_ids[i] for i in batch["index"].tolist()]
         crops = None
         if m["content_loss"] == "self":
             with t("teacher_crops"), autocast:
-                crops = crop_targets(ctx.teacher, images, rois, scfg["crop_size"], scfg["mean"], scfg["std"])
+                # Regions are drawn on the letterbox; the crops are cut from the original image (box / scale).
+                orig_boxes = [b.double() / s for b, s in zip(boxes, batch["scale"].tolist())]
+                crops = crop_targets(ctx.teacher, batch["original"], orig_boxes, scfg["crop_size"], scfg["mean"], scfg["std"])
         vfm, aff = ctx.teachers(ids, images, t)
         sync = (ctx.student.no_sync() if hasattr(ctx.student, "no_sync") and micro < accum - 1
                 else contextlib.nullcontext())

@@ -4,10 +4,12 @@ Given class-agnostic 3D masks (the hosts' released proposals at full scale; GT-d
 world), each mask gets a CLIP feature from the posed RGB-D frames and the label of the nearest ScanNet200
 class text ("a {} in a scene", OpenMask3D), with confidence 1.0 (OpenMask3D, and Open3DIS's open-vocabulary
 evaluation). Per mask (OpenMask3D features_extractor.py): every `frame_stride`-th frame, depth-tested
-visible points, top-k views by visible points, a 2D mask per view from the projected visible points
+visible points (pixel coordinates truncated, `pixel_rounding`), top-k views by distinct projected
+pixels (`view_ranking`), a 2D mask per view from the projected visible points
 (dilated; SAM refinement is not run), then
 - `crops`: `crop_levels` multi-level crops of the 2D mask's box (expansion `crop_expansion` per level),
-  letterboxed to `student.crop_size`, encoded by the image tower (CLS), mean over views and levels;
+  through CLIP's transform (short side to `student.crop_size`, centre crop; `crop_preprocess`), encoded by
+  the image tower (CLS), mean over views and levels;
 - `dense`: the frame's dense map (DenseCLIP content, tokens L2-normalised) averaged inside the 2D mask
   resized to the token grid (area weights), mean over views: the path that exercises DeCLIP's features.
 Hosts differ only in their proposals: `openmask3d` reads `<scene>_masks.pt` (Mask3D class-agnostic masks),
@@ -49,14 +51,15 @@ def class_text_features(model, prompt: str):
     return emb.float()
 
 
-def scene_visibility(scene: scannet.ScanNetScene, frame_ids: list[int], tolerance: float):
+def scene_visibility(scene: scannet.ScanNetScene, frame_ids: list[int], tolerance: float, rounding: str = "round"):
     """Per sampled frame: visible (F, N) bool and integer pixel coordinates u, v (F, N)."""
     points = scene.points
     vis, us, vs, shape = [], [], [], None
     for i in frame_ids:
         depth = scene.depth(i)
         shape = depth.shape
-        visible, u, v = projection.visible_points(points, scene.pose(i), scene.K_depth, depth, tolerance)
+        visible, u, v = projection.visible_points(points, scene.pose(i), scene.K_depth, depth, tolerance,
+                                                     rounding)
         vis.append(visible)
         us.append(u.astype(np.int32))
         vs.append(v.astype(np.int32))
@@ -70,16 +73,22 @@ def _image_tensor(scene, frame_id: int, shape):
     return torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def _encode_crops(model, crops: list, student: dict):
-    """(M, C) L2-normalised CLS features of letterboxed, normalised crops, batched."""
+def _encode_crops(model, crops: list, student: dict, preprocess: str = "clip"):
+    """(M, C) L2-normalised CLS features of the crops, batched. preprocess `clip`: CLIP's own transform
+    (short side, centre crop), as OpenMask3D (`self.clip_preprocess(cropped_img)`); `letterbox`: long side
+    and zero padding (our choice, keeps the whole crop)."""
     import torch
 
+    from declip.data.crops import clip_center_crop
     from declip.data.images import letterbox, normalize
+
+    def prep(c):
+        return clip_center_crop(c, student["crop_size"]) if preprocess == "clip" else letterbox(c, student["crop_size"])[0]
 
     out = []
     with torch.no_grad():
         for i in range(0, len(crops), ENCODE_BATCH):
-            batch = torch.stack([letterbox(c, student["crop_size"])[0] for c in crops[i:i + ENCODE_BATCH]])
+            batch = torch.stack([prep(c) for c in crops[i:i + ENCODE_BATCH]])
             batch = normalize(batch.to(model.device), student["mean"], student["std"])
             out.append(model.dense.encode_image(batch).float().cpu())
     return torch.cat(out)
@@ -126,8 +135,11 @@ def mask_features(scene, masks: np.ndarray, model, ocfg: dict, student: dict, mo
     frame_ids = scene.frame_ids[::ocfg["frame_stride"]]
     if not frame_ids:
         raise UserFacingError(f"scene {scene.name} has no usable frames (depth/ and pose/ with finite poses)")
-    vis, us, vs, shape = scene_visibility(scene, frame_ids, ocfg["depth_tolerance"])
-    counts = projection.view_counts(vis, masks)
+    vis, us, vs, shape = scene_visibility(scene, frame_ids, ocfg["depth_tolerance"], ocfg.get("pixel_rounding", "truncate"))
+    if ocfg.get("view_ranking", "pixels") == "pixels":
+        counts = projection.view_pixel_counts(vis, us, vs, masks, shape[1])
+    else:
+        counts = projection.view_counts(vis, masks)
     views = projection.top_views(counts, ocfg["topk_views"])
     needed = sorted({int(f) for v in views for f in v})
     images = {f: _image_tensor(scene, frame_ids[f], shape) for f in needed}
@@ -144,7 +156,7 @@ def mask_features(scene, masks: np.ndarray, model, ocfg: dict, student: dict, mo
                 crops.append(images[f][:, y1:y2, x1:x2])
                 owner.append(j)
         if crops:
-            enc = _encode_crops(model, crops, student)
+            enc = _encode_crops(model, crops, student, ocfg.get("crop_preprocess", "clip"))
             owner_t = torch.as_tensor(owner)
             feats.index_add_(0, owner_t, enc)
             feats /= torch.bincount(owner_t, minlength=len(masks)).clamp(min=1)[:, None].float()
@@ -191,7 +203,7 @@ def main(args, cfg) -> dict:
 
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import family_dense_mode, load_eval_model
+    from declip.evaluate.text import eval_options, family_attn_scale, family_dense_mode, load_eval_model
 
     t0 = time.time()
     ocfg, student = cfg["evaluate"]["ov3d"], cfg["student"]
@@ -203,7 +215,8 @@ def main(args, cfg) -> dict:
     root = resolve_path(dataset_spec(cfg, ocfg["dataset"], args.data)["root"])
     scenes = scannet.list_scenes(root)
     device = pick_device(args.device)
-    model = load_eval_model(cfg, args.variant, args.checkpoint, device, family_dense_mode(cfg, "ov3d"))
+    model = load_eval_model(cfg, args.variant, args.checkpoint, device, family_dense_mode(cfg, "ov3d"),
+                            family_attn_scale(cfg, "ov3d"))
     text = class_text_features(model, ocfg["prompt"])
     out_path = Path(args.out)
     pred_dir = out_path.parent / "predictions"
@@ -225,6 +238,9 @@ def main(args, cfg) -> dict:
                                                   ocfg["min_region_size"])
     result.update(host=host, mode=mode, variant=args.variant, n_scenes=len(scenes), n_masks=n_masks,
                   seconds=round(time.time() - t0, 2), per_class=scores["per_class"])
+    extra = ({k: ocfg[k] for k in ("crop_preprocess", "view_ranking", "pixel_rounding")} if mode == "crops"
+             else {"view_ranking": ocfg["view_ranking"], "pixel_rounding": ocfg["pixel_rounding"], "token_norm": True})
+    result["options"] = eval_options(cfg, args.variant, model, **extra)
     write_metrics(out_path, result)
     log.info("ov3d %s/%s %s: AP %s (random labels %s) on %d scenes, %d masks, %.1fs", host, mode, args.variant,
              result["AP"], result["random_labels"]["AP"], len(scenes), n_masks, result["seconds"])

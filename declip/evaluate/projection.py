@@ -15,24 +15,30 @@ import numpy as np
 from declip.data.render3d import world_to_camera
 
 
-def project(points: np.ndarray, pose: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel coordinates (u, v) rounded to the nearest pixel centre, and camera depth z, of world points
-    for a camera-to-world `pose` (x right, y down, z forward)."""
+ROUNDINGS = ("truncate", "round")
+
+
+def project(points: np.ndarray, pose: np.ndarray, K: np.ndarray, rounding: str = "round"):
+    """Pixel coordinates (u, v) and camera depth z of world points for a camera-to-world `pose` (x right,
+    y down, z forward). rounding `truncate`: toward zero, as OpenMask3D stores the float division in an int
+    array (features_extractor.py `get_visible_points_view`, `projected_points ... dtype=int`); `round`:
+    nearest pixel centre (our choice)."""
     cam = world_to_camera(points, pose)
     z = cam[:, 2]
+    snap = np.trunc if rounding == "truncate" else np.rint
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.rint(K[0, 0] * cam[:, 0] / z + K[0, 2])
-        v = np.rint(K[1, 1] * cam[:, 1] / z + K[1, 2])
+        u = snap(K[0, 0] * cam[:, 0] / z + K[0, 2])
+        v = snap(K[1, 1] * cam[:, 1] / z + K[1, 2])
     return u, v, z
 
 
 def visible_points(points: np.ndarray, pose: np.ndarray, K: np.ndarray, depth: np.ndarray,
-                   tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   tolerance: float, rounding: str = "round") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Depth test (OpenMask3D): a point is visible when it projects inside the image, in front of the
     camera, onto a valid sensor depth d with |d - z| <= tolerance. Returns (visible (N,), u, v) with u, v
     integer pixel indices (meaningful where visible)."""
     h, w = depth.shape
-    u, v, z = project(points, pose, K)
+    u, v, z = project(points, pose, K, rounding)
     inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     ui = np.where(inside, u, 0).astype(np.int64)
     vi = np.where(inside, v, 0).astype(np.int64)
@@ -44,6 +50,21 @@ def visible_points(points: np.ndarray, pose: np.ndarray, K: np.ndarray, depth: n
 def view_counts(visible: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(F, K) visible points of each mask in each frame, from visible (F, N) and masks (K, N) booleans."""
     return visible.astype(np.int32) @ masks.T.astype(np.int32)
+
+
+def view_pixel_counts(visible: np.ndarray, us: np.ndarray, vs: np.ndarray, masks: np.ndarray, width: int) -> np.ndarray:
+    """(F, K) DISTINCT pixels the visible points of each mask project to in each frame: OpenMask3D ranks views
+    by the pixels its per-view mask image holds (features_extractor.py `get_top_k_indices_per_mask` sums
+    `visible_points_in_view_in_mask`, where points landing on one pixel set it once)."""
+    counts = np.zeros((visible.shape[0], masks.shape[0]), dtype=np.int64)
+    for f in range(visible.shape[0]):
+        idx = np.flatnonzero(visible[f])
+        j, n = np.nonzero(masks[:, idx])  # (mask, visible point) pairs
+        pixel = vs[f, idx[n]].astype(np.int64) * width + us[f, idx[n]]
+        pairs = np.unique(j.astype(np.int64) * (pixel.max(initial=0) + 1) + pixel)
+        owner = pairs // (pixel.max(initial=0) + 1)
+        counts[f] = np.bincount(owner, minlength=masks.shape[0])
+    return counts
 
 
 def top_views(counts: np.ndarray, k: int) -> list[np.ndarray]:

@@ -6,8 +6,11 @@ Per segment (skipped when its box has w*h < min_segment_size^2):
   stuff:  RoI = crop = tight box of the mask.
 Classifiers, cosine against the 63-template class embeddings (CLIPSelf):
   rois     RoIAlign 1x1 (aligned, adaptive sampling) of the dense map on the RoI;
-  maskpool mean of the dense tokens inside the GT mask resized to the token grid;
-  crops    CLS embedding (normal forward) of the crop, letterboxed to student.crop_size.
+  maskpool mean of the dense tokens inside the GT mask resized to the token grid (`maskpool`: authors =
+           bicubic resize, tokens > 0, equal weights; coverage = our former rule);
+  crops    CLS embedding (normal forward) of the crop cut from the original image, resized as the authors'
+           ResizeMaxSize (declip.data.crops) to student.crop_size.
+rois and maskpool pool L2-normalised tokens when method.token_norm_before_pool resolves to true.
 Metric: mean over the classes present of the per-class accuracy, top-1 and top-5, for things and stuff
 separately (CLIPSelf `macc_with_is_thing`), against all K classes; in percent.
 """
@@ -25,9 +28,9 @@ from declip.errors import UserFacingError
 log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("rois", "maskpool", "crops")
-# A token counts as inside a mask when the mask covers at least this fraction of it (our choice; the
-# protocol only says "GT mask resized to the token grid"); segments covering no token that much fall
-# back to the coverage-weighted mean.
+MASKPOOLS = ("authors", "coverage")
+# `coverage` rule (our choice): a token counts as inside a mask when the mask covers at least this fraction
+# of it; segments covering no token that much fall back to the coverage-weighted mean.
 MASK_COVERAGE = 0.5
 
 
@@ -85,10 +88,31 @@ def mask_coverage(masks, image_size: int, grid: tuple[int, int]):
     return F.interpolate(boxed, size=tuple(grid), mode="area")[:, 0]
 
 
-def mask_token_weights(masks, scale_size: int, grid: int):
-    """(N, grid*grid) pooling weights: the masks letterboxed like the image, coverage per token."""
+def authors_mask_weights(masks, grid: int):
+    """(N, grid*grid) pooling weights of the authors' mask pooling: each mask (N, H, W) goes through
+    `ResizeLongest(grid)` - long side to the token grid, round(side * scale), bicubic, align_corners False,
+    no antialias (`antialias=None`, which torchvision < 0.17 reads as False for tensors), zero padding
+    right/bottom - and tokens with a value > 0 are kept (DeCLIP/CLIPSelf training/data.py
+    COCOPanopticDataset l.350 and l.411-412); `mask_pool` averages them with equal weights and no
+    fallback (transformer.py l.548-554: sum / (count + 1e-12))."""
+    import torch.nn.functional as F
+
+    h, w = masks.shape[-2:]
+    scale = grid / max(h, w)
+    nh, nw = round(h * scale), round(w * scale)
+    small = F.interpolate(masks[:, None].float(), size=(nh, nw), mode="bicubic", align_corners=False)
+    keep = F.pad(small, (0, grid - nw, 0, grid - nh))[:, 0].flatten(1) > 0.0
+    keep = keep.float()
+    return keep / (keep.sum(1, keepdim=True) + 1e-12)
+
+
+def mask_token_weights(masks, scale_size: int, grid: int, rule: str = "authors"):
+    """(N, grid*grid) pooling weights: `authors_mask_weights`, or (`coverage`) the masks letterboxed like
+    the image and the share of each token they cover."""
     import torch
 
+    if rule == "authors":
+        return authors_mask_weights(masks, grid)
     coverage = mask_coverage(masks, scale_size, (grid, grid)).flatten(1)
     inside = (coverage >= MASK_COVERAGE).float()
     empty = inside.sum(1) == 0
@@ -96,7 +120,8 @@ def mask_token_weights(masks, scale_size: int, grid: int):
     return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-def classify_image(model, img01, segs: ImageSegments, classifiers, image_size: int, crop_size: int, mean, std):
+def classify_image(model, img01, segs: ImageSegments, classifiers, image_size: int, crop_size: int, mean, std,
+                   maskpool: str = "authors"):
     """{classifier: (N, C) L2-normalised region embeddings} for all segments of one image, batched."""
     import torch
     import torch.nn.functional as F
@@ -111,17 +136,17 @@ def classify_image(model, img01, segs: ImageSegments, classifiers, image_size: i
     need_dense = any(c in classifiers for c in ("rois", "maskpool"))
     with torch.no_grad():
         if need_dense:
-            content = model.dense(normalize(boxed, mean, std)[None].to(dev)).content.float()  # (1, C, h, w)
+            content = model.dense(normalize(boxed, mean, std)[None].to(dev)).pool_map().float()  # (1, C, h, w)
         if "rois" in classifiers:
             rois = to_rois([torch.tensor(segs.rois, dtype=torch.float32, device=dev) * scale])
             feats["rois"] = region_features(content, rois, image_size)
         if "maskpool" in classifiers:
-            weights = mask_token_weights(torch.from_numpy(segs.masks).to(dev), image_size, content.shape[-1])
+            weights = mask_token_weights(torch.from_numpy(segs.masks).to(dev), image_size, content.shape[-1], maskpool)
             tokens = content[0].flatten(1).T  # (h*w, C)
             feats["maskpool"] = F.normalize(weights @ tokens, dim=-1)
         if "crops" in classifiers:
-            rois = to_rois([torch.tensor(segs.crops, dtype=torch.float32, device=dev)])
-            feats["crops"] = crop_targets(model.dense, img01[None].to(dev), rois, crop_size, mean, std)
+            feats["crops"] = crop_targets(model.dense, [img01], [torch.tensor(segs.crops, dtype=torch.float64)],
+                                          crop_size, mean, std)
     return feats
 
 
@@ -192,7 +217,7 @@ def evaluate(model, dataset, settings: dict, student_cfg: dict, classifiers=CLAS
         if img01.shape[-2:] != segs.masks.shape[-2:]:
             raise UserFacingError(f"image {im.image_path} and its panoptic PNG {im.png_path} differ in size")
         feats = classify_image(model, img01, segs, classifiers, settings["image_size"], student_cfg["crop_size"],
-                               student_cfg["mean"], student_cfg["std"])
+                               student_cfg["mean"], student_cfg["std"], settings.get("maskpool", "authors"))
         lab = torch.tensor(segs.labels, device=model.device)
         for c in classifiers:
             correct[c].append(topk_correct(feats[c], text, owner, num_classes, lab).cpu().numpy())
@@ -212,14 +237,16 @@ def main(args, cfg: dict) -> dict:
     from declip.data.panoptic import panoptic_paths, read_panoptic
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import family_dense_mode, load_eval_model
+    from declip.evaluate.text import eval_options, family_attn_scale, family_dense_mode, load_eval_model
 
     settings = cfg["evaluate"]["regionclf"]
     spec = dataset_spec(cfg, args.dataset or settings["dataset"], args.data)
     dataset = read_panoptic(*panoptic_paths(spec))
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device),
-                            family_dense_mode(cfg, "regionclf"))
+                            family_dense_mode(cfg, "regionclf"),
+                            family_attn_scale(cfg, "regionclf"))
     classifiers = tuple(settings.get("classifiers", CLASSIFIERS))
     metrics = evaluate(model, dataset, settings, cfg["student"], classifiers)
+    metrics["options"] = eval_options(cfg, args.variant, model, maskpool=settings.get("maskpool", "authors"))
     out = write_metrics(args.out, metrics)
     return {"artifacts": [str(out)]}  # metrics.json is a rule output: the tracking layer logs its numbers

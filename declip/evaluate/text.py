@@ -139,11 +139,15 @@ def text_cache_dir(cfg: dict) -> Path:
 
 
 def resolve_checkpoint(cfg: dict, variant: str, checkpoint: str | None = None) -> Path:
-    """--checkpoint, else the original weights for `clip` (not trained), else results/distill/<V>/model.pt."""
+    """--checkpoint, else for a variant that is not trained its own `method.checkpoint` (released weights)
+    or the original `student.checkpoint`, else results/distill/<V>/model.pt."""
     if checkpoint:
         return resolve_path(checkpoint)
-    if variant == "clip" or not cfg.get("method", {}).get("train", True):
+    method = cfg.get("method", {})
+    if variant == "clip":
         return resolve_path(cfg["student"]["checkpoint"])
+    if not method.get("train", True):
+        return resolve_path(method.get("checkpoint") or cfg["student"]["checkpoint"])
     return resolve_path(cfg.get("paths", {}).get("results", "results")) / "distill" / variant / "model.pt"
 
 
@@ -166,14 +170,45 @@ def family_dense_mode(cfg: dict, family: str) -> str:
     return cfg.get("evaluate", {}).get(family, {}).get("dense_mode") or cfg["method"]["dense_mode"]
 
 
-def load_eval_model(cfg: dict, variant: str, checkpoint: str | None, device, dense_mode: str) -> EvalModel:
+def family_attn_scale(cfg: dict, family: str) -> str:
+    """`evaluate.<family>.attn_scale` when set (paper Table 5: released csa weights with 1/sqrt(d)), else the variant's."""
+    return cfg.get("evaluate", {}).get(family, {}).get("attn_scale") or cfg["method"].get("attn_scale", "auto")
+
+
+def checkpoint_format(cfg: dict, variant: str, path: Path) -> str | None:
+    """Key layout of a released checkpoint (`method.checkpoint_format`, default `student.checkpoint_format`)
+    when `path` is the variant's `method.checkpoint`; None elsewhere, where `load_clip` decides (original
+    weights: the student's format; the suite's distilled models: open_clip)."""
+    method = cfg.get("method", {})
+    if variant != "clip" and not method.get("train", True) and method.get("checkpoint") \
+            and resolve_path(method["checkpoint"]) == Path(path):
+        return method.get("checkpoint_format") or cfg["student"]["checkpoint_format"]
+    return None
+
+
+def eval_options(cfg: dict, variant: str, model: EvalModel, **extra) -> dict:
+    """The options that produced a family's metrics (metrics.json `options`, shown by the tables): where the
+    weights come from (`released` = the authors' checkpoint, `distilled` = ours, `original` = the CLIP),
+    the resolved dense options, and the family's own (`extra`)."""
+    method = cfg.get("method", {})
+    if variant == "clip" or (not method.get("train", True) and not method.get("checkpoint")):
+        weights = "original"
+    else:
+        weights = "released" if not method.get("train", True) else "distilled"
+    d = model.dense
+    return {"weights": weights, "checkpoint": Path(model.checkpoint).name, "dense_mode": d.dense_mode,
+            "attn_scale": d.attn_scale, "context_proj": d.context_proj, "token_norm": d.token_norm, **extra}
+
+
+def load_eval_model(cfg: dict, variant: str, checkpoint: str | None, device, dense_mode: str,
+                    attn_scale: str | None = None) -> EvalModel:
     from declip.models.clip import load_clip, tokenizer
-    from declip.models.dense import DenseCLIP
+    from declip.models.dense import dense_model
 
     ckpt = resolve_checkpoint(cfg, variant, checkpoint)
-    clip = load_clip(cfg["student"], checkpoint=ckpt).to(device).eval()
+    clip = load_clip(cfg["student"], checkpoint=ckpt,
+                     checkpoint_format=checkpoint_format(cfg, variant, ckpt)).to(device).eval()
     method = cfg.get("method", {})
-    dense = DenseCLIP(clip, dense_mode=dense_mode, attn_scale=method.get("attn_scale", "none"),
-                      context_proj=method.get("context_proj", "q")).to(device).eval()
+    dense = dense_model(clip, method, dense_mode, attn_scale).to(device).eval()
     return EvalModel(clip, dense, tokenizer(cfg["student"]), cfg["student"]["model"], ckpt, device,
                      text_cache_dir(cfg))

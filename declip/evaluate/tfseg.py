@@ -148,7 +148,7 @@ def main(args, cfg: dict) -> dict:
     """`declip evaluate tfseg`: metrics.json for one variant on one benchmark."""
     from declip.device import pick_device
     from declip.evaluate import write_metrics
-    from declip.evaluate.text import family_dense_mode, load_eval_model
+    from declip.evaluate.text import eval_options, family_attn_scale, family_dense_mode, load_eval_model
 
     benchmarks = cfg["evaluate"]["tfseg"]["benchmarks"]
     benchmark = args.benchmark or (benchmarks[0] if len(benchmarks) == 1 else None)
@@ -158,7 +158,10 @@ def main(args, cfg: dict) -> dict:
     spec = dataset_spec(cfg, benchmark, args.data)
     settings = benchmark_settings(cfg, benchmark)
     model = load_eval_model(cfg, args.variant, args.checkpoint, pick_device(args.device),
-                            family_dense_mode(cfg, "tfseg"))
+                            family_dense_mode(cfg, "tfseg"),
+                            family_attn_scale(cfg, "tfseg"))
     metrics = evaluate(model, benchmark, spec, settings, cfg["student"], save_pred=args.save_pred)
+    metrics["options"] = eval_options(cfg, args.variant, model)
+    metrics["options"].pop("token_norm")  # no pooling here: segmentation always scores L2-normalised tokens
     out = write_metrics(args.out, metrics)
     return {"artifacts": [str(out)]}  # metrics.json is a rule output: the tracking layer logs its numbers

@@ -19,15 +19,33 @@ import torch.nn.functional as F
 from declip.errors import UserFacingError
 
 MODES = ("vanilla", "value", "qq", "kk", "csa")
-ATTN_SCALES = ("none", "sqrt_d")
-CONTEXT_PROJS = ("q", "k", "qk")
+ATTN_SCALES = ("auto", "none", "sqrt_d")
+CONTEXT_PROJS = ("auto", "q", "k", "qk")
+TOKEN_NORMS = ("auto", True, False)
 DECOUPLED_MODES = ("qq", "kk", "csa")
+# The context features a mode's attention is built from (CVPR Eq. 6; DeCLIP eva_vit_model.py
+# `Attention.ss_attn` l.305-310 returns q for qq_vfm_distill, k for kk_vfm_distill, (q, k) for csa).
+MODE_CONTEXT = {"qq": "q", "kk": "k", "csa": "qk"}
 
 
 @dataclass
 class DenseOutput:
     content: torch.Tensor  # (B, C, h, w) language-aligned dense map, not normalised
     context: torch.Tensor | None  # (B, h*w, D') context tokens; None for vanilla / value
+    token_norm: bool = False  # pool (RoIAlign / mask pooling) L2-normalised tokens (method.token_norm_before_pool)
+
+    def pool_map(self) -> torch.Tensor:
+        """The map RoIAlign and mask pooling read: `content`, each token L2-normalised when `token_norm`."""
+        return F.normalize(self.content.float(), dim=1) if self.token_norm else self.content
+
+
+def resolve_context_proj(dense_mode: str, context_proj: str) -> str | None:
+    """`auto` -> the mode's own features (qq: Q, kk: K, csa: Q||K); an explicit value is a hybrid variant;
+    None for modes without context tokens."""
+    _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
+    if dense_mode not in DECOUPLED_MODES:
+        return None
+    return MODE_CONTEXT[dense_mode] if context_proj == "auto" else context_proj
 
 
 def _check_choice(value: str, allowed: tuple, key: str) -> None:
@@ -99,6 +117,12 @@ class _PlainTower:
         self.embed_dim = visual.output_dim
         self.batch_first = getattr(visual.transformer, "batch_first", True)
 
+    # DeCLIP src/open_clip/transformer.py: `ss_attn`/`csa_attn` multiply the q-q/k-k logits by
+    # head_dim**-0.5 (l.268-274, l.291-300), and `encode_dense` L2-normalises every token before RoIAlign
+    # and mask pooling (l.591, CLIPSelf's line); see `upstream_attn_scale` / `upstream_token_norm`.
+    upstream_attn_scale = "sqrt_d"
+    upstream_token_norm = True
+
     @property
     def blocks(self):
         return self.visual.transformer.resblocks
@@ -145,6 +169,8 @@ class _PlainTower:
     norm2_names = ("ln_2.",)
     q_names = ()  # fused in_proj_weight: Q/K rows cannot be frozen separately (see set_trainable)
     k_names = ()
+    q_bias_names = ()
+    k_bias_names = ()
 
     def fused_qkv(self, blk) -> list:
         """Tensors whose rows are [Q; K; V] (width rows each)."""
@@ -244,6 +270,14 @@ class _EvaTower:
 
     ffn_names = ("mlp.",)
     norm2_names = ("norm2.",)
+    # Fused Eva keeps the q (and, when a parameter, k) bias outside the fused weight.
+    q_bias_names = ("attn.q_bias",)
+    k_bias_names = ("attn.k_bias",)
+
+    # DeCLIP src/open_clip/eva_clip/eva_vit_model.py `Attention.ss_attn` l.277-289: no scale on the q-q/k-k
+    # logits; `encode_dense` l.662-706 pools the tokens as they are (no L2 normalisation).
+    upstream_attn_scale = "none"
+    upstream_token_norm = False
 
 
 def tower(visual):
@@ -263,21 +297,26 @@ class DenseCLIP(torch.nn.Module):
 
     dense_mode: `vanilla` (unmodified last block; CLIP baseline), `value` (CLIPSelf/MaskCLIP: x + proj(V),
     then x + FFN(norm2(x))), `qq` (DeCLIP), `kk`, `csa` (SCLIP). In the decoupled modes the last block is
-    O = proj(inner_norm(A V)) with no residual and no FFN, A = softmax(QQ^T) / softmax(KK^T) / their sum.
-    context_proj: q | k | qk. OUR CHOICE for `qk` and for `csa`: each token's Q and K (heads concatenated,
-    before RoPE) are L2-normalised and concatenated, divided by sqrt(2), so the cosine similarity of two
-    context tokens is exactly the mean of their Q-Q and K-K cosine similarities; `csa` always uses this
-    (method.md: "context = mean of the QQ and KK similarity matrices"), whatever context_proj says.
+    O = ls_1(proj(inner_norm(A V))) with no residual and no FFN, A = softmax(QQ^T) / softmax(KK^T) / their sum.
+    context_proj: auto (the mode's own features: Q, K, or Q||K for csa, as upstream) | q | k | qk.
+    OUR CHOICE for `qk`: each token's Q and K (heads concatenated, before RoPE) are L2-normalised and
+    concatenated, divided by sqrt(2), so the cosine similarity of two context tokens is exactly the mean of
+    their Q-Q and K-K cosine similarities (DeCLIP training/declip.py l.78-82 averages the two similarities).
+    attn_scale / token_norm_before_pool: `auto` = the authors' code for this tower (see the tower classes).
     """
 
-    def __init__(self, clip, dense_mode: str = "qq", attn_scale: str = "none", context_proj: str = "q"):
+    def __init__(self, clip, dense_mode: str = "qq", attn_scale: str = "auto", context_proj: str = "auto",
+                 token_norm_before_pool="auto"):
         super().__init__()
         _check_choice(dense_mode, MODES, "method.dense_mode")
         _check_choice(attn_scale, ATTN_SCALES, "method.attn_scale")
-        _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
+        _check_choice(token_norm_before_pool, TOKEN_NORMS, "method.token_norm_before_pool")
         self.clip = clip
-        self.dense_mode, self.attn_scale, self.context_proj = dense_mode, attn_scale, context_proj
         self._tower = tower(clip.visual)
+        self.dense_mode = dense_mode
+        self.context_proj = resolve_context_proj(dense_mode, context_proj)
+        self.attn_scale = self._tower.upstream_attn_scale if attn_scale == "auto" else attn_scale
+        self.token_norm = resolve_token_norm(self._tower, dense_mode, token_norm_before_pool)
         self.patch_size = self._tower.patch_size
         self.width = self._tower.width
         self.embed_dim = self._tower.embed_dim
@@ -327,13 +366,13 @@ class DenseCLIP(torch.nn.Module):
             x, context = self._decoupled(last, x)
         content = tw.head(x[:, tw.num_prefix:])
         content = content.reshape(content.shape[0], h, w, -1).permute(0, 3, 1, 2)
-        return DenseOutput(content=content, context=context)
+        return DenseOutput(content=content, context=context, token_norm=self.token_norm)
 
     def _decoupled(self, blk, x):
         """Paper section 3 / method.md section 2: O = proj(inner_norm(A V)), no residual, no FFN, no RoPE."""
         tw = self._tower
         q, k, v = tw.qkv(blk, tw.norm1(blk, x))
-        # The paper writes 1/sqrt(d); the released training code omits it (config method.attn_scale).
+        # The paper writes 1/sqrt(d); the released EVA code omits it, the plain-ViT code keeps it (method.attn_scale).
         scale = 1.0 if self.attn_scale == "none" else 1.0 / math.sqrt(q.shape[-1])
         if self.dense_mode == "qq":
             o = F.scaled_dot_product_attention(q, q, v, scale=scale)
@@ -341,29 +380,49 @@ class DenseCLIP(torch.nn.Module):
             o = F.scaled_dot_product_attention(k, k, v, scale=scale)
         else:  # csa (SCLIP): (softmax(QQ^T) + softmax(KK^T)) V
             o = F.scaled_dot_product_attention(q, q, v, scale=scale) + F.scaled_dot_product_attention(k, k, v, scale=scale)
-        out = tw.attn_out(blk, _merge_heads(o))
+        # Layer scale (gamma_1 / ls_1) on the decoupled output, as upstream: DeCLIP eva_vit_model.py
+        # `Block.forward_without_rcffn` l.394-404, transformer.py `ss_attn`/`csa_attn` l.279/l.307.
+        out = tw.residual_attn(blk, tw.attn_out(blk, _merge_heads(o)))
         n = tw.num_prefix
         qc, kc = _merge_heads(q)[:, n:], _merge_heads(k)[:, n:]
-        if self.dense_mode == "csa" or self.context_proj == "qk":
+        if self.context_proj == "qk":
             context = torch.cat([F.normalize(qc, dim=-1), F.normalize(kc, dim=-1)], dim=-1) / math.sqrt(2.0)
         else:
             context = qc if self.context_proj == "q" else kc
         return out, context
 
 
-def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_proj: str = "q") -> list[str]:
+def resolve_token_norm(tw, dense_mode: str, token_norm_before_pool) -> bool:
+    """`auto`: CLIPSelf normalises every token before pooling for both towers (CLIPSelf
+    src/open_clip/transformer.py l.586, eva_clip/eva_vit_model.py l.620), so `value` does; DeCLIP keeps that
+    line for plain towers only (see `_PlainTower` / `_EvaTower`)."""
+    if token_norm_before_pool != "auto":
+        return bool(token_norm_before_pool)
+    return True if dense_mode == "value" else tw.upstream_token_norm
+
+
+def dense_model(clip, method: dict, dense_mode: str | None = None, attn_scale: str | None = None) -> DenseCLIP:
+    """DenseCLIP configured from a `method` section; dense_mode / attn_scale override it (per family)."""
+    return DenseCLIP(clip, dense_mode=dense_mode or method.get("dense_mode", "qq"),
+                     attn_scale=attn_scale or method.get("attn_scale", "auto"),
+                     context_proj=method.get("context_proj", "auto"),
+                     token_norm_before_pool=method.get("token_norm_before_pool", "auto"))
+
+
+def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_proj: str = "auto") -> list[str]:
     """Freezing scheme of method.md section 1; returns the names of the trainable parameters.
 
     Trainable: the last `trainable_blocks` image blocks (None = all). Frozen: patch embedding, positional
-    embedding, CLS token, pre/final norms, projection head, the whole text tower, logit scale, and, in the
-    decoupled modes, the last-block weights the decoupled block no longer uses: FFN, norm2, and the
-    projection neither the attention nor the context uses (K in q-q mode with Q context; Q in k-k mode
-    with K context). Fused in_proj / qkv layouts (OpenAI ViTs, fused timm Eva) keep Q and K in one tensor,
-    which stays trainable: the unused rows get exactly zero gradient, and `unused_fused_rows` names them
-    so the trainer can undo AdamW's weight decay on them.
+    embedding, CLS token, pre/final norms, projection head, the whole text tower, logit scale, and every
+    last-block weight the mode never reads: FFN and norm2 in the decoupled modes, and the Q/K projections
+    (`unused_projections`) - K in q-q mode with Q context, Q in k-k mode with K context (DeCLIP
+    training/utils.py l.170-173 `*_kk_Distill_keys`), both in `value` mode (CLIPSelf reads only V). A weight
+    without a gradient would also make DDP fail ("parameters that were not used in producing loss").
+    Fused in_proj / qkv layouts (OpenAI ViTs, fused timm Eva) keep Q and K in one tensor, which stays
+    trainable: the unused rows get exactly zero gradient, and `unused_fused_rows` names them so the trainer
+    can undo AdamW's weight decay on them.
     """
     _check_choice(dense_mode, MODES, "method.dense_mode")
-    _check_choice(context_proj, CONTEXT_PROJS, "method.context_proj")
     tw = tower(clip.visual)
     blocks = tw.blocks
     n = len(blocks) if trainable_blocks is None else int(trainable_blocks)
@@ -376,28 +435,28 @@ def set_trainable(clip, trainable_blocks: int | None, dense_mode: str, context_p
     for blk in blocks[len(blocks) - n:]:
         for p in blk.parameters():
             p.requires_grad_(True)
-    if dense_mode in DECOUPLED_MODES:
-        unused = unused_projection(dense_mode, context_proj)
-        frozen = list(tw.ffn_names) + list(tw.norm2_names) + list({"q": tw.q_names, "k": tw.k_names}.get(unused, ()))
-        for name, p in blocks[-1].named_parameters():
-            if name.startswith(tuple(frozen)):
-                p.requires_grad_(False)
+    frozen = list(tw.ffn_names) + list(tw.norm2_names) if dense_mode in DECOUPLED_MODES else []
+    for unused in unused_projections(dense_mode, context_proj):
+        frozen += list({"q": tw.q_names + tw.q_bias_names, "k": tw.k_names + tw.k_bias_names}[unused])
+    for name, p in blocks[-1].named_parameters():
+        if name.startswith(tuple(frozen)):
+            p.requires_grad_(False)
     return sorted(name for name, p in clip.named_parameters() if p.requires_grad)
 
 
-def unused_projection(dense_mode: str, context_proj: str) -> str | None:
-    """The last-block projection the decoupled block never reads: "k" in q-q mode with Q context, "q" in
-    k-k mode with K context, else None (the attention or the context reads both)."""
-    return {("qq", "q"): "k", ("kk", "k"): "q"}.get((dense_mode, context_proj))
+def unused_projections(dense_mode: str, context_proj: str = "auto") -> tuple[str, ...]:
+    """The last-block projections ("q", "k") the mode never reads: K in q-q mode with Q context, Q in k-k
+    mode with K context, both in `value` mode; none otherwise (vanilla reads both; csa or a Q||K context too)."""
+    if dense_mode == "value":
+        return ("q", "k")
+    pair = (dense_mode, resolve_context_proj(dense_mode, context_proj))
+    return {("qq", "q"): ("k",), ("kk", "k"): ("q",)}.get(pair, ())
 
 
-def unused_fused_rows(clip, dense_mode: str, context_proj: str = "q") -> list[tuple]:
-    """(tensor, row slice) pairs of the last block's fused q/k/v tensors holding `unused_projection`. They
+def unused_fused_rows(clip, dense_mode: str, context_proj: str = "auto") -> list[tuple]:
+    """(tensor, row slice) pairs of the last block's fused q/k/v tensors holding `unused_projections`. They
     get no gradient, but decoupled weight decay (AdamW) would still shrink them and change the saved
     model's vanilla forward; the trainer copies them back from the original after every step."""
-    unused = unused_projection(dense_mode, context_proj)
-    if unused is None:
-        return []
     tw = tower(clip.visual)
-    rows = slice(0, tw.width) if unused == "q" else slice(tw.width, 2 * tw.width)
-    return [(p, rows) for p in tw.fused_qkv(tw.blocks[-1])]
+    spans = {"q": slice(0, tw.width), "k": slice(tw.width, 2 * tw.width)}
+    return [(p, spans[u]) for u in unused_projections(dense_mode, context_proj) for p in tw.fused_qkv(tw.blocks[-1])]

@@ -202,7 +202,7 @@ def make_figures(cfg: dict, variant: str, checkpoint: str | None, dataset: str, 
     from declip.data.images import letterbox, list_images, load_image, normalize
     from declip.distill.cache import TeacherCache
     from declip.device import pick_device
-    from declip.evaluate.text import family_dense_mode, load_eval_model
+    from declip.evaluate.text import family_attn_scale, family_dense_mode, load_eval_model
     from declip.evaluate.tfseg import benchmark_settings, predict
 
     spec = dataset_spec(cfg, dataset, data_root)
@@ -230,7 +230,9 @@ def make_figures(cfg: dict, variant: str, checkpoint: str | None, dataset: str, 
     seg = None
     if pano is not None:
         seg_mode = family_dense_mode(dict(cfg, method=method), "tfseg")
-        seg_model = model if seg_mode == method["dense_mode"] else load_eval_model(cfg, variant, checkpoint, dev, seg_mode)
+        seg_scale = family_attn_scale(dict(cfg, method=method), "tfseg")
+        seg_model = model if (seg_mode, seg_scale) == (method["dense_mode"], method["attn_scale"]) else \
+            load_eval_model(cfg, variant, checkpoint, dev, seg_mode, seg_scale)
         text, owner = seg_model.text(pano.names, "imagenet")
         seg = (seg_model, text, owner, benchmark_settings(cfg, dataset))
     else:

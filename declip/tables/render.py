@@ -78,6 +78,8 @@ class Row:
     values: dict[Metric, float | None] = field(default_factory=dict)
     refs: dict[Metric, Reference] = field(default_factory=dict)
     protocol: str = ""
+    weights: str = ""  # released (the authors' checkpoint) | distilled (ours) | original (metrics.json options)
+    options: str = ""  # the options that produced the row's numbers
 
 
 class MetricsStore:
@@ -257,6 +259,35 @@ def _protocol(store: MetricsStore, layout: Layout, row: Row) -> str:
     return "feature protocol: " + " + ".join(parts)
 
 
+OPTION_SKIP = ("weights", "checkpoint")
+
+
+def _row_files(store: MetricsStore, layout: Layout, row: Row) -> dict[str, dict]:
+    """family -> the metrics file behind the row (tfseg: its first benchmark file)."""
+    v = row.ids["variant"]
+    fams = {m.family for m, val in row.values.items() if val is not None}
+    out = {}
+    if REGIONCLF in fams and layout.regionclf_dataset:
+        out[REGIONCLF] = store.load(REGIONCLF, dataset=layout.regionclf_dataset, variant=v)
+    if TFSEG in fams:
+        out[TFSEG] = next((f for b in layout.benchmarks if (f := store.load(TFSEG, benchmark=b, variant=v))), None)
+    if OV3D in fams:
+        out[OV3D] = store.load(OV3D, host=row.ids["host"], mode=row.ids["mode"], variant=v)
+    return {k: f for k, f in out.items() if f}
+
+
+def _options(store: MetricsStore, layout: Layout, row: Row) -> tuple[str, str]:
+    """(weights, options) of a row from its metrics files' `options`: one `k=v` list when the families
+    agree, else one per family; empty for files written before options were recorded."""
+    opts = {fam: f.get("options") or {} for fam, f in _row_files(store, layout, row).items()}
+    weights = "; ".join(dict.fromkeys(o["weights"] for o in opts.values() if o.get("weights")))
+    shown = {fam: ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in o.items()
+                            if k not in OPTION_SKIP) for fam, o in opts.items() if o}
+    if len(set(shown.values())) <= 1:
+        return weights, next(iter(shown.values()), "")
+    return weights, "; ".join(f"{fam}: {text}" for fam, text in shown.items())
+
+
 def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[list[Metric], list[Row]]:
     columns = table_columns(spec, layout)
     rows: list[Row] = []
@@ -304,6 +335,7 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
             # OVD: the paper's numbers are the F-ViT detector's at one student scale (keyed by preset).
             row.refs = refs(v, layout.preset if mode == "detector" else None) if spec.family == OVD else refs(v, host)
             row.protocol = _protocol(store, layout, row)
+            row.weights, row.options = _options(store, layout, row)
             rows.append(row)
     for peer in spec.peers:
         row = Row({"variant": f"{peer} (paper)"}, "paper", refs=refs(peer), protocol="paper")
@@ -338,7 +370,7 @@ def table_records(spec: TableSpec, layout: Layout, columns: list[Metric], rows: 
     header = _id_fields(spec)
     for m in columns:
         header += [m.key] + ([f"{m.key}.paper", f"{m.key}.delta"] if m in with_paper else [])
-    header += ["preset", "protocol", "source"]
+    header += ["preset", "protocol", "weights", "options", "source"]
     records = []
     for row in rows:
         rec: dict = dict(row.ids)
@@ -352,6 +384,8 @@ def table_records(spec: TableSpec, layout: Layout, columns: list[Metric], rows: 
                 rec[f"{m.key}.delta"] = ours - ref.value if (ref and ours is not None) else None
         rec["preset"] = layout.preset if row.kind != "paper" else None
         rec["protocol"] = row.protocol
+        rec["weights"] = row.weights or None
+        rec["options"] = row.options or None
         rec["source"] = "; ".join(dict.fromkeys(r.source for r in row.refs.values())) or None
         records.append(rec)
     return header, records
@@ -413,6 +447,9 @@ def markdown(spec: TableSpec, layout: Layout, columns: list[Metric], header: lis
     lines += ["", f"- {EMPTY_NOTE}"]
     if any(h.endswith(".delta") for h in header):
         lines.append("- Δ = ours - paper (percentage points); paper values from the table named in `source`.")
+    lines.append("- weights: `released` = the authors' released checkpoint evaluated as released (no distillation "
+                 "here), `distilled` = distilled by this suite, `original` = the CLIP itself; options: the "
+                 "resolved settings that produced the row (metrics.json `options`).")
     lines += [f"- {n}" for n in spec.notes]
     return "\n".join(lines) + "\n"
 

@@ -113,8 +113,9 @@ def teacher_inputs(wildcards):
 
 
 def variant_checkpoint(variant):
-    if not variant_method(config, variant)["train"]:
-        return config["student"]["checkpoint"]
+    m = variant_method(config, variant)
+    if not m["train"]:  # the original weights, or released ones (method.checkpoint, from the weights download)
+        return m["checkpoint"] or config["student"]["checkpoint"]
     return f"{R}/distill/{canonical_variant(config, variant)}/model.pt"
 
 
