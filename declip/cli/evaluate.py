@@ -1,6 +1,7 @@
 """`declip evaluate <family>`: one task family's feature protocol on one dataset/benchmark and variant.
 
-Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5). Each writes
+Sub-verbs: `regionclf` (protocols.md 1), `tfseg` (protocols.md 2), `ov3d` (protocols.md 5), `ovss-train` and
+`ovss` (protocols.md 4). Each writes
 the family's metrics.json (docs/interfaces.md) and returns its headline numbers for tracking.
 """
 
@@ -10,6 +11,8 @@ SUBVERBS = {
     "regionclf": ("declip.evaluate.regionclf", "Region classification of COCO-panoptic segments (CLIPSelf protocol)."),
     "tfseg": ("declip.evaluate.tfseg", "Training-free open-vocabulary semantic segmentation (sliding window, mIoU)."),
     "ov3d": ("declip.evaluate.ov3d", "Open-vocabulary 3D instance segmentation feature protocol (ScanNet200 AP)."),
+    "ovss-train": ("declip.evaluate.ovss_train", "Train the OVSS cost-aggregation head (CAT-Seg recipe) for one variant."),
+    "ovss": ("declip.evaluate.ovss", "Open-vocabulary segmentation with the variant's trained head (mIoU, seen/unseen)."),
 }
 
 
@@ -35,6 +38,12 @@ def add_arguments(parser) -> None:
             p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
                            help="A key of `datasets` (one of evaluate.tfseg.benchmarks); "
                                 "needed when several are configured.")
+            p.add_argument("--save-pred", default=None, metavar="DIR",
+                           help="Also write one index PNG per image (named like its ground truth) into DIR.")
+        elif name == "ovss":
+            p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
+                           help="A key of `datasets` (one of evaluate.ovss.benchmarks); needed when several are configured.")
+            p.add_argument("--head", required=True, help="The trained head (results/ovss/<variant>/head.pt).")
             p.add_argument("--save-pred", default=None, metavar="DIR",
                            help="Also write one index PNG per image (named like its ground truth) into DIR.")
         elif name == "ov3d":
