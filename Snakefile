@@ -20,6 +20,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/ovss.smk"
 include: "workflow/rules/tables.smk"
 
 
@@ -28,6 +29,7 @@ rule all:
     input:
         rules.tables.output,
         rules.table2.output,
+        rules.table_ovss.output,
         figure_outputs(config["tables"]["figure_variants"]),
 
 

@@ -124,7 +124,8 @@ def _check_references(config: dict, schema: dict) -> None:
     problems = []
     presets = config["variant_presets"]
     lists = {"variants": config["variants"], "tables.table2_variants": config["tables"]["table2_variants"],
-             "tables.figure_variants": config["tables"]["figure_variants"]}
+             "tables.figure_variants": config["tables"]["figure_variants"],
+             "evaluate.ovss.variants": config["evaluate"]["ovss"]["variants"]}
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -149,6 +150,8 @@ def _check_references(config: dict, schema: dict) -> None:
             ("evaluate.regionclf.dataset", config["evaluate"]["regionclf"]["dataset"]),
             ("evaluate.ov3d.dataset", config["evaluate"]["ov3d"]["dataset"])]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
+    refs += [("evaluate.ovss.train_dataset", config["evaluate"]["ovss"]["train_dataset"])]
+    refs += [("evaluate.ovss.benchmarks", b) for b in config["evaluate"]["ovss"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
@@ -236,6 +239,9 @@ RULE_SECTIONS = {
     "evaluate_tfseg": ["seed", "student", "method", "evaluate", "datasets"],
     "evaluate_ov3d": ["seed", "student", "method", "evaluate", "datasets"],
     "figures": ["seed", "student", "method", "teachers", "datasets", "evaluate"],
+    "ovss_train": ["seed", "student", "method", "evaluate.ovss", "datasets"],
+    "evaluate_ovss": ["seed", "student", "method", "evaluate.ovss", "datasets"],
+    "table_ovss": ["preset", "variants", "tables", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
 }
@@ -291,6 +297,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "distill": config["distill"]["dataset"],
         "evaluate_regionclf": ev["regionclf"]["dataset"],
         "evaluate_ov3d": ev["ov3d"]["dataset"],
+        "ovss_train": ev["ovss"]["train_dataset"],
         "figures": ev["regionclf"]["dataset"],
     }.get(rule, "")
 

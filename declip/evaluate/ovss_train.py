@@ -28,34 +28,48 @@ from declip.errors import UserFacingError
 log = logging.getLogger(__name__)
 
 
-def set_finetune(clip, mode: str) -> list[tuple]:
-    """Freeze CLIP except what `mode` trains; returns (tensor, row slice) pairs to keep fixed after each step.
+def _pin_rows(w, rows, pinned: list) -> None:
+    """Train `w` but keep `rows` fixed: zero their gradient, restore them after each step."""
 
-    attention: q and v rows of every fused in_proj_weight of both towers (CAT-Seg "attention");
-    none: CLIP frozen; full: everything."""
+    def _zero(g, rows=rows):
+        g = g.clone()
+        g[rows] = 0
+        return g
+
+    w.requires_grad_(True)
+    w.register_hook(_zero)
+    pinned.append((w, rows, w.detach()[rows].clone()))
+
+
+def set_finetune(clip, mode: str) -> list[tuple]:
+    """Freeze CLIP except what `mode` trains; returns (tensor, row slice, original rows) to restore after each step.
+
+    attention: the query and value projection weights of every attention block of both towers (CAT-Seg
+    "attention"; biases, keys, output projections, MLPs, norms, embeddings stay frozen). Fused layouts
+    (open_clip in_proj_weight, timm Eva qkv) train the whole tensor with the key rows pinned; separate
+    q_proj / v_proj (timm Eva) train those weights. none: CLIP frozen; full: everything."""
     for p in clip.parameters():
         p.requires_grad_(mode == "full")
-    pinned = []
+    pinned: list = []
     if mode != "attention":
         return pinned
-    for name, mod in clip.named_modules():
-        w = getattr(mod, "in_proj_weight", None)
-        if w is None or not hasattr(mod, "num_heads"):
-            continue
-        d = w.shape[0] // 3
-        w.requires_grad_(True)
-        rows = slice(d, 2 * d)  # the key projection
-
-        def _zero_k(g, rows=rows):
-            g = g.clone()
-            g[rows] = 0
-            return g
-
-        w.register_hook(_zero_k)
-        pinned.append((w, rows, w.detach()[rows].clone()))
-    if not pinned:
-        raise UserFacingError("evaluate.ovss.clip_finetune = attention needs open_clip blocks with a fused "
-                              "in_proj_weight; use `none` or `full` for this model")
+    found = 0
+    for _, mod in clip.named_modules():
+        if getattr(mod, "in_proj_weight", None) is not None and hasattr(mod, "num_heads"):
+            d = mod.in_proj_weight.shape[0] // 3
+            _pin_rows(mod.in_proj_weight, slice(d, 2 * d), pinned)
+            found += 1
+        elif getattr(mod, "qkv", None) is not None and hasattr(mod, "num_heads"):
+            d = mod.qkv.weight.shape[0] // 3
+            _pin_rows(mod.qkv.weight, slice(d, 2 * d), pinned)
+            found += 1
+        elif getattr(mod, "q_proj", None) is not None and getattr(mod, "v_proj", None) is not None:
+            mod.q_proj.weight.requires_grad_(True)
+            mod.v_proj.weight.requires_grad_(True)
+            found += 1
+    if not found:
+        raise UserFacingError("evaluate.ovss.clip_finetune = attention found no attention projections in this "
+                              "model; use `none` or `full`")
     return pinned
 
 

@@ -20,6 +20,9 @@ from declip.tables.registry import (
     OV3D,
     OV3D_HOSTS,
     OV3D_MODES,
+    OVSS,
+    OVSS_FIELDS,
+    PAPER_OVSS_BENCHMARKS,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -54,6 +57,8 @@ class Layout:
     hosts: list[str]
     modes: list[str]
     ov3d_variants: list[str] = field(default_factory=list)  # Table 2's row order
+    ovss_benchmarks: list[str] = field(default_factory=list)
+    ovss_backbone: str = "B"  # which CVPR Table 4 rows apply (evaluate.ovss.paper_backbone)
 
 
 @dataclass
@@ -114,8 +119,9 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     found_2d: set[str] = set()
     for ds in store.subdirs(REGIONCLF):
         found_2d.update(store.subdirs(REGIONCLF, ds))
-    for b in store.subdirs(TFSEG):
-        found_2d.update(store.subdirs(TFSEG, b))
+    for fam in (TFSEG, OVSS):
+        for b in store.subdirs(fam):
+            found_2d.update(store.subdirs(fam, b))
     found_3d = {v for h in store.subdirs(OV3D) for m in store.subdirs(OV3D, h) for v in store.subdirs(OV3D, h, m)}
     preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])))
     # 2D tables: the configured variants (and their order) win, files of variants no longer configured
@@ -146,8 +152,11 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     ov = ev.get("ov3d", {})
     hosts = list(ov.get("hosts") or _ordered(store.subdirs(OV3D), OV3D_HOSTS))
     modes = list(ov.get("modes") or _ordered(sorted({m for h in hosts for m in store.subdirs(OV3D, h)}), OV3D_MODES))
+    oc = ev.get("ovss", {})
+    ovss_bench = list(oc.get("benchmarks") or _ordered(store.subdirs(OVSS), tuple(PAPER_OVSS_BENCHMARKS)))
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
-                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants)
+                  classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
+                  ovss_benchmarks=ovss_bench, ovss_backbone=oc.get("paper_backbone") or "B")
 
 
 def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
@@ -155,6 +164,8 @@ def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
         return [Metric(REGIONCLF, f"{c}.{f}") for c in layout.classifiers for f in REGION_FIELDS]
     if spec.family == TFSEG:
         return [Metric(TFSEG, "mIoU", b) for b in layout.benchmarks] + [Metric(TFSEG, "mIoU", AVG)]
+    if spec.family == OVSS:
+        return [Metric(OVSS, f, b) for b in layout.ovss_benchmarks for f in OVSS_FIELDS]
     return list(spec.columns)
 
 
@@ -162,6 +173,8 @@ def reference_applies(ref: Reference, layout: Layout) -> bool:
     """The paper's average covers its 8 benchmarks: comparable only over exactly those."""
     if ref.metric.family == TFSEG and ref.metric.benchmark == AVG:
         return set(layout.benchmarks) == set(PAPER_TFSEG_BENCHMARKS)
+    if ref.metric.family == OVSS:  # CVPR Table 4 gives ViT-B and ViT-L rows: compare with the configured one
+        return ref.host == layout.ovss_backbone
     return True
 
 
@@ -177,6 +190,8 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         return _number(store.load(REGIONCLF, dataset=layout.regionclf_dataset, variant=variant), fld)
     if metric.family == OV3D:
         return _number(store.load(OV3D, host=host, mode=mode, variant=variant), fld)
+    if metric.family == OVSS:
+        return _number(store.load(OVSS, benchmark=metric.benchmark, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -228,7 +243,7 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
             row.values = {m: metric_value(store, layout, m, v, host, mode) for m in columns}
             if not any(val is not None for val in row.values.values()):
                 continue  # no computation behind this variant in this table
-            row.refs = refs(v, host)
+            row.refs = refs(v, layout.ovss_backbone if spec.family == OVSS else host)
             row.protocol = _protocol(store, layout, row)
             rows.append(row)
     for peer in spec.peers:
@@ -238,6 +253,9 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
     if spec.family == "ablation":
         # The tfseg column is optional in ablations: shown only where some variant has it.
         columns = [m for m in columns if m.family != TFSEG or any(r.values.get(m) is not None for r in rows)]
+    if spec.family == OVSS:
+        # seen / unseen columns exist only where a vocabulary was held out.
+        columns = [m for m in columns if m.field == "mIoU" or any(r.values.get(m) is not None for r in rows)]
     return columns, rows
 
 

@@ -131,8 +131,13 @@ def ov3d_metrics(variants):
     return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]
 
 
+def ovss_metrics(variants):
+    return [f"{R}/eval/ovss/{b}/{v}/metrics.json" for b in EV["ovss"]["benchmarks"] for v in variants]
+
+
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 
 
-TABLE_IDS = [t for t in table_ids() if t != "table2"]
+# table2 and ovss have their own rules (their own evaluation jobs).
+TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ovss")]
