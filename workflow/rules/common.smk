@@ -131,6 +131,11 @@ def ov3d_metrics(variants):
     return [f"{R}/eval/ov3d/{h}/{m}/{v}/metrics.json" for h in EV["ov3d"]["hosts"] for m in EV["ov3d"]["modes"] for v in variants]
 
 
+def ovss_class_lists(wildcards):
+    """CAT-Seg's class lists (evaluate.ovss.class_json) come with the catseg_classes download."""
+    return [f"{P['data']}/.downloads/catseg_classes.json"] if EV["ovss"]["class_json"] else []
+
+
 def ovss_metrics(variants):
     return [f"{R}/eval/ovss/{b}/{v}/metrics.json" for b in EV["ovss"]["benchmarks"] for v in variants]
 

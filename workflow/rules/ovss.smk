@@ -3,11 +3,6 @@
 # evaluation job per benchmark x variant, and the `ovss` table.
 
 
-def ovss_class_lists(wildcards):
-    """CAT-Seg's class lists (evaluate.ovss.class_json) come with the catseg_classes download."""
-    return [f"{P['data']}/.downloads/catseg_classes.json"] if EV["ovss"]["class_json"] else []
-
-
 rule ovss_train:
     input:
         data=dataset_marker(EV["ovss"]["train_dataset"]),
