@@ -98,19 +98,19 @@ def test_bce_loss_against_a_hand_computation():
 
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
-    img, text, layers = _inputs(b=4, t=4)
+    img, text, layers = _inputs(b=2, t=4)
     labels = C.cost_volume(img, text).mean(1).argmax(1)  # (B, 8, 8): the best-matching class per token
     labels = F.interpolate(labels[:, None].float(), size=(32, 32), mode="nearest")[:, 0].long()
-    head = C.CostAggregationHead(12, 20, 3, (8, 8), HP)
-    opt = torch.optim.AdamW(head.parameters(), lr=2e-3)
+    head = C.CostAggregationHead(12, 20, 3, (8, 8), {**HP, "pad_len": 0})
+    opt = torch.optim.AdamW(head.parameters(), lr=5e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(10):
         loss = C.catseg_loss(head(img, text, layers, pool=(2, 2)), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0] and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert losses[-1] < 0.8 * losses[0] and np.mean(losses[-3:]) < np.mean(losses[:3])
 
 
 def _tiny_clip():
@@ -132,7 +132,7 @@ def test_attention_finetune_trains_only_q_and_v_rows():
     assert any(n.startswith("visual.") for n in trainable) and any(not n.startswith("visual.") for n in trainable)
     opt = torch.optim.AdamW([p for p in clip.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     x = torch.randn(2, 3, 64, 64)
-    tok = torch.randint(1, 100, (2, 8))
+    tok = torch.randint(1, 100, (2, 32))  # the tiny CLIP's context length
     (clip.encode_image(x).sum() + clip.encode_text(tok).sum()).backward()
     opt.step()
     with torch.no_grad():
