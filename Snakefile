@@ -22,6 +22,7 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/ov6dpe.smk"
+include: "workflow/rules/ovss.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/ovvis.smk"
 include: "workflow/rules/ovd.smk"
@@ -36,6 +37,7 @@ rule all:
         rules.table_ov6dpe.output,
         rules.table_ovvis.output,
         rules.table_ovd.output,
+        rules.table_ovss.output,
         figure_outputs(config["tables"]["figure_variants"]),
 
 

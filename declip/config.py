@@ -138,7 +138,9 @@ def _check_references(config: dict, schema: dict) -> None:
              "tables.figure_variants": config["tables"]["figure_variants"],
              "tables.ovvis_variants": config["tables"]["ovvis_variants"],
              "tables.ovd_variants": config["tables"]["ovd_variants"],
+             "evaluate.ovss.variants": config["evaluate"]["ovss"]["variants"],
              "seed_variants": config.get("seed_variants", [])}
+
     for key, names in lists.items():
         for name in names:
             if name not in presets:
@@ -168,6 +170,8 @@ def _check_references(config: dict, schema: dict) -> None:
     refs += [("evaluate.ov6dpe.datasets", b) for b in config["evaluate"]["ov6dpe"]["datasets"]]
     refs += [("evaluate.tfseg.benchmarks", b) for b in config["evaluate"]["tfseg"]["benchmarks"]]
     refs += [("evaluate.ovvis.benchmarks", b) for b in config["evaluate"]["ovvis"]["benchmarks"]]
+    refs += [("evaluate.ovss.train_dataset", config["evaluate"]["ovss"]["train_dataset"])]
+    refs += [("evaluate.ovss.benchmarks", b) for b in config["evaluate"]["ovss"]["benchmarks"]]
     for key, name in refs:
         if name not in datasets:
             problems.append(f"config key `{key}`: {name!r} is not in `datasets`; allowed values: {', '.join(sorted(datasets))}")
@@ -325,6 +329,9 @@ RULE_SECTIONS = {
     "pretrain_teacher": ["seed", "mini.teachers", "teachers", "student", "datasets"],
     "clip_affinity": ["seed", "mini.teachers", "student", "method", "datasets"],
     "claims": ["preset", "seed", "seeds", "seed_variants", "variants", "variant_presets", "method", "evaluate"],
+    "ovss_train": ["seed", "student", "method", "evaluate.ovss", "datasets"],
+    "evaluate_ovss": ["seed", "student", "method", "evaluate.ovss", "datasets"],
+    "table_ovss": ["preset", "variants", "tables", "evaluate"],
     "tables": ["preset", "variants", "tables", "evaluate"],
     "table2": ["preset", "tables", "evaluate"],
     "table_ovvis": ["preset", "variants", "tables", "evaluate"],
@@ -388,6 +395,7 @@ def _rule_dataset(config: dict, rule: str) -> str:
         "evaluate_ov3d": ev["ov3d"]["dataset"],
         "train_detector": ev["ovd"]["train_dataset"],
         "evaluate_ovd": ev["ovd"]["dataset"],
+        "ovss_train": ev["ovss"]["train_dataset"],
         "figures": ev["regionclf"]["dataset"],
     }.get(rule, "")
 

@@ -12,15 +12,18 @@ from pathlib import Path
 import pytest
 
 from declip.tables import registry
-from declip.tables.registry import AVG, OV3D, REGIONCLF, TFSEG, Metric
+from declip.tables.registry import AVG, OV3D, OVSS, REGIONCLF, TFSEG, Metric
 from declip.tables.render import MINI_NOTE, render_tables
 
+PAPER6 = ["ade847", "context459", "ade150", "context59", "voc20", "voc21"]  # CVPR Table 4's order
 PAPER8 = ["voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade150", "cocostuff171"]
 
 # Every published number the registry may carry, copied by hand from shared/docs/protocols.md:
 #   s1 "CLIPSelf 69.5/44.6, coupled 65.6/41.3, DeCLIP 75.0/51.8 (SAM-B VFM); Table 6 DINOv2-B 77.2/52.5"
 #   s2 "DeCLIP 59.7 35.3 36.4 | 85.0 32.8 39.2 21.9 25.3 | avg 41.9. Journal avg 44.1. Peers (avg): CLIP 14.1,
 #       SCLIP 38.2, ClearCLIP 38.1, NACLIP 39.4, CLIP-DINOiser 40.3, ProxyCLIP 42.3, Trident 45.8"
+#   s4 "CAT-Seg B 12.0/19.0/31.8/57.5/94.6/77.3 -> +DeCLIP 15.3/21.4/36.3/60.6/96.6/81.3;
+#       L 16.0/23.8/37.9/63.3/97.0/82.5 -> 17.6/25.9/40.7/63.9/97.7/83.9" (A-847/PC-459/A-150/PC-59/VOC-20/VOC-21)
 #   s5 "OpenMask3D 15.4 / 19.9 / 23.1 / 17.1 / 14.1 / 14.9 and with DeCLIP AP_tail 18.9; Open3DIS (2D+3D) AP 23.7,
 #       AP_head 27.8, AP_common 21.2, AP_tail 21.8 and with DeCLIP AP_tail 27.7"
 #   s6 "Journal headline: CLIP-VIS 18.5 -> 22.2 AP (OVIS, per a secondary source)"
@@ -61,6 +64,12 @@ EXPECTED = {
        for f, v in zip(("AP50_novel", "APr"), vals)},
     **{(b.lower(), "ovd", f, None, f"paper-{s.replace('/', '').lower()}"): v for (h, b, s), vals in _OVD_HAND.items()
        if h == "F-ViT" for f, v in zip(("AP50_novel", "APr"), vals)},
+    **{(row, "ovss", "mIoU", b, bb): v
+       for row, bb, vals in (("clip", "B", (12.0, 19.0, 31.8, 57.5, 94.6, 77.3)),
+                             ("declip", "B", (15.3, 21.4, 36.3, 60.6, 96.6, 81.3)),
+                             ("clip", "L", (16.0, 23.8, 37.9, 63.3, 97.0, 82.5)),
+                             ("declip", "L", (17.6, 25.9, 40.7, 63.9, 97.7, 83.9)))
+       for b, v in zip(PAPER6, vals)},
 }
 
 
@@ -72,7 +81,7 @@ def test_references_are_exactly_the_published_numbers():
         assert r.source.strip()
         family_table = {"regionclf": ("CVPR Table 1", "Table 6"), "tfseg": ("CVPR Table 5", "journal", "paper, TF-OVSS peers"),
                         "ov3d": ("journal Table 2",), "ovvis": ("journal headline",),
-                        "ovd": ("CVPR Table 2",)}[r.metric.family]
+                        "ovd": ("CVPR Table 2",), "ovss": ("CVPR Table 4",)}[r.metric.family]
         assert r.source.startswith(family_table)
 
 
@@ -311,3 +320,35 @@ def test_rows_say_which_weights_and_options_produced_them(tmp_path):
     assert by["released_declip"]["options"].endswith("maskpool=authors")
     assert by["clip"]["weights"] == "" and by["clip"]["options"] == ""
     assert "`released` = the authors' released checkpoint" in (out / "regionclf.md").read_text()
+def test_ovss_mini_table_has_seen_unseen_and_no_paper_values(tmp_path):
+    root = tmp_path / "eval"
+    _write(root, "ovss/mini2d_val/clip/metrics.json", {"mIoU": 20.0, "seen_mIoU": 25.0, "unseen_mIoU": 7.5})
+    _write(root, "ovss/mini2d_val/declip/metrics.json", {"mIoU": 30.0, "seen_mIoU": 35.0, "unseen_mIoU": None})
+    cfg = {"preset": "mini", "variants": ["clip", "clipself", "declip"],
+           "evaluate": {"ovss": {"benchmarks": ["mini2d_val"], "paper_backbone": "B"}}}
+    render_tables(root, tmp_path / "t", ["ovss"], cfg=cfg)
+    header, rows = _read_csv(tmp_path / "t" / "ovss.csv")
+    assert header[:4] == ["variant", "mini2d_val.mIoU", "mini2d_val.seen_mIoU", "mini2d_val.unseen_mIoU"]
+    assert not any(h.endswith(".paper") for h in header)  # the mini benchmark is not a Table 4 column
+    assert [r["variant"] for r in rows] == ["clip", "declip"]  # clipself has no metrics: no row
+    assert rows[0]["mini2d_val.unseen_mIoU"] == "7.5" and rows[1]["mini2d_val.unseen_mIoU"] == ""
+    assert "mini2d_val unseen mIoU" in (tmp_path / "t" / "ovss.md").read_text()
+
+
+def test_ovss_paper_table_compares_with_the_configured_backbone(tmp_path):
+    root = tmp_path / "eval"
+    _write(root, "ovss/ade847/declip/metrics.json", {"mIoU": 16.0})
+    _write(root, "ovss/voc21/clip/metrics.json", {"mIoU": 80.0})
+    for backbone, declip_ref, clip_ref in (("B", 15.3, 77.3), ("L", 17.6, 82.5)):
+        cfg = {"preset": "paper", "variants": ["clip", "declip"],
+               "evaluate": {"ovss": {"benchmarks": PAPER6, "paper_backbone": backbone}}}
+        render_tables(root, tmp_path / backbone, ["ovss"], cfg=cfg)
+        header, rows = _read_csv(tmp_path / backbone / "ovss.csv")
+        assert "ade847.seen_mIoU" not in header  # no held-out vocabulary at full scale
+        by = {r["variant"]: r for r in rows}
+        assert float(by["declip"]["ade847.mIoU.paper"]) == declip_ref
+        assert float(by["declip"]["ade847.mIoU.delta"]) == pytest.approx(16.0 - declip_ref)
+        assert float(by["clip"]["voc21.mIoU.paper"]) == clip_ref
+        assert by["clip"]["ade847.mIoU"] == "" and by["clip"]["ade847.mIoU.delta"] == ""
+        assert "CVPR Table 4" in by["declip"]["source"]
+    assert Metric(OVSS, "unseen_mIoU", "context459").label == "PC-459 unseen mIoU"

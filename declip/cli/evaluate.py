@@ -13,6 +13,8 @@ SUBVERBS = {
     "ov6dpe": ("declip.evaluate.ov6dpe", "Open-vocabulary 6D pose estimation, Oryon protocol (BOP AR, ADD(S))."),
     "ovvis": ("declip.evaluate.ovvis", "Open-vocabulary video instance segmentation feature protocol (CLIP-VIS; YouTube-VIS AP)."),
     "ovd": ("declip.evaluate.ovd", "Open-vocabulary detection: trained F-ViT-style detector or training-free box classification."),
+    "ovss-train": ("declip.evaluate.ovss_train", "Train the OVSS cost-aggregation head (CAT-Seg recipe) for one variant."),
+    "ovss": ("declip.evaluate.ovss", "Open-vocabulary segmentation with the variant's trained head (mIoU, seen/unseen)."),
 }
 
 
@@ -38,6 +40,12 @@ def add_arguments(parser) -> None:
             p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
                            help="A key of `datasets` (one of evaluate.tfseg.benchmarks); "
                                 "needed when several are configured.")
+            p.add_argument("--save-pred", default=None, metavar="DIR",
+                           help="Also write one index PNG per image (named like its ground truth) into DIR.")
+        elif name == "ovss":
+            p.add_argument("--benchmark", "--dataset", dest="benchmark", default=None,
+                           help="A key of `datasets` (one of evaluate.ovss.benchmarks); needed when several are configured.")
+            p.add_argument("--head", required=True, help="The trained head (results/ovss/<variant>/head.pt).")
             p.add_argument("--save-pred", default=None, metavar="DIR",
                            help="Also write one index PNG per image (named like its ground truth) into DIR.")
         elif name == "ov3d":

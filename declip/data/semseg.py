@@ -13,6 +13,8 @@ Layouts (the mmsegmentation conventions the papers evaluate with; `split` names 
   coco_object {root}/images/<split>/*.jpg, annotations/<split>/<stem>_instanceTrainIds.png
   cityscapes  {root}/leftImg8bit/<split>/<city>/<x>_leftImg8bit.png, gtFine/<split>/<city>/<x>_gtFine_labelTrainIds.png
   mini2d      {root}/<split>/<id>.png, {root}/semantic/<split>/<id>.png            (index = category id - 1)
+  ade847      {root}/images_detectron2/<split>/*.jpg, annotations_detectron2/<split>/<stem>.tif (uint16, 65535 ignore)
+  context459  {root}/JPEGImages/<id>.jpg, annotations_detectron2/pc459_<split>/<id>.tif, ids from pascalcontext_<split>.txt
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ LAYOUTS: dict[str, tuple[str, str, str, str, str | None]] = {
     "coco_object": ("images/{split}", ".jpg", "annotations/{split}", "_instanceTrainIds.png", None),
     "cityscapes": ("leftImg8bit/{split}", "_leftImg8bit.png", "gtFine/{split}", "_gtFine_labelTrainIds.png", None),
     "mini2d": ("{split}", ".png", "semantic/{split}", ".png", None),
+    # CAT-Seg's converted 16-bit TIFF labels (github KU-CVLAB/CAT-Seg datasets/prepare_ade20k_full.py,
+    # prepare_pascal_context_459.py; registered in cat_seg/data/datasets/register_ade20k_847.py and
+    # register_pascal_context.py): ids from the GT folder's split list for PC-459.
+    "ade847": ("images_detectron2/{split}", ".jpg", "annotations_detectron2/{split}", ".tif", None),
+    "context459": ("JPEGImages", ".jpg", "annotations_detectron2/pc459_{split}", ".tif", "pascalcontext_{split}.txt"),
 }
 
 

@@ -15,6 +15,7 @@ REGIONCLF, TFSEG, OV3D = "regionclf", "tfseg", "ov3d"
 OV6DPE = "ov6dpe"
 OVVIS = "ovvis"
 OVD = "ovd"
+OVSS = "ovss"  # trained-head open-vocabulary segmentation (protocols.md section 4)
 
 # Path of one metrics file under the metrics root, per family (docs/interfaces.md "Evaluation").
 METRICS_PATHS = {
@@ -24,6 +25,7 @@ METRICS_PATHS = {
     OV6DPE: "ov6dpe/{dataset}/{mask}/{variant}/metrics.json",
     OVVIS: "ovvis/{benchmark}/{tracks}/{variant}/metrics.json",
     OVD: "ovd/{dataset}/{mode}/{variant}/metrics.json",
+    OVSS: "ovss/{benchmark}/{variant}/metrics.json",
 }
 
 REGION_FIELDS = ("thing_top1", "thing_top5", "stuff_top1", "stuff_top5")
@@ -50,6 +52,16 @@ PAPER_TFSEG_BENCHMARKS = {
     "ade150": "ADE20K-150",
     "cocostuff171": "COCO-Stuff-171",
 }
+# CVPR Table 4's 6 benchmarks in the paper's order: config key -> the paper's column name.
+PAPER_OVSS_BENCHMARKS = {
+    "ade847": "A-847",
+    "context459": "PC-459",
+    "ade150": "A-150",
+    "context59": "PC-59",
+    "voc20": "VOC-20",
+    "voc21": "VOC-21",
+}
+OVSS_FIELDS = ("mIoU", "seen_mIoU", "unseen_mIoU")  # seen/unseen only where a vocabulary is held out (mini)
 AVG = "avg"  # pseudo-benchmark: mean mIoU over the table's benchmarks (the paper's "avg" column)
 
 
@@ -59,12 +71,12 @@ class Metric:
 
     family: str
     field: str
-    benchmark: str | None = None  # tfseg only: a `datasets` key, or AVG
+    benchmark: str | None = None  # tfseg / ovss: a `datasets` key (tfseg also AVG)
 
     @property
     def key(self) -> str:
         """Stable column key used in the CSV header."""
-        if self.family == TFSEG:
+        if self.family in (TFSEG, OVSS):
             return f"{self.benchmark}.{self.field}"
         return self.field
 
@@ -76,6 +88,9 @@ class Metric:
         if self.family == TFSEG:
             name = "avg" if self.benchmark == AVG else PAPER_TFSEG_BENCHMARKS.get(self.benchmark, self.benchmark)
             return f"{name} mIoU"
+        if self.family == OVSS:
+            name = PAPER_OVSS_BENCHMARKS.get(self.benchmark, self.benchmark)
+            return f"{name} {self.field.replace('_mIoU', ' mIoU')}"
         return self.field.replace("_top1", "@1").replace("_top5", "@5").replace(".", " ")
 
 
@@ -87,7 +102,7 @@ class Reference:
     row: str  # a variant name, or a peer method's name for reference-only rows
     value: float
     source: str
-    host: str | None = None  # ov3d only: the host the number was measured in
+    host: str | None = None  # ov3d: the host the number was measured in; ovss: the backbone (B or L)
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,11 @@ def _ov(fld: str) -> Metric:
     return Metric(OV3D, fld)
 
 
+def _ovss_refs(backbone: str, variant: str, values: tuple[float, ...]) -> list[Reference]:
+    return [Reference(Metric(OVSS, "mIoU", b), variant, v, _CVPR_T4, host=backbone)
+            for b, v in zip(PAPER_OVSS_BENCHMARKS, values)]
+
+
 _CVPR_T1 = "CVPR Table 1 (protocols.md section 1)"
 _CVPR_T6 = "Table 6 (protocols.md section 1)"
 _CVPR_T5 = "CVPR Table 5 (protocols.md section 2)"
@@ -125,6 +145,7 @@ _OVVIS_HEADLINE = "journal headline, OVIS, per a secondary source (protocols.md 
 # The journal's video numbers are CLIP-VIS's full pipeline on OVIS: shown as reference-only rows.
 _OVVIS_PEERS = {"CLIP-VIS (OVIS)": 18.5, "CLIP-VIS + DeCLIP (OVIS)": 22.2}
 _CVPR_T2 = "CVPR Table 2 (protocols.md section 3)"
+_CVPR_T4 = "CVPR Table 4 (protocols.md section 4)"
 
 
 def _region_refs(variant: str, thing: float, stuff: float, source: str) -> list[Reference]:
@@ -187,6 +208,11 @@ REFERENCES: tuple[Reference, ...] = tuple(
     + _ov3d_refs("open3dis", "declip", {"AP_tail": 27.7})
     + [Reference(Metric(OVVIS, "AP"), peer, v, _OVVIS_HEADLINE) for peer, v in _OVVIS_PEERS.items()]
     + _ovd_refs()
+    # CVPR Table 4: CAT-Seg with its original CLIP = `clip`, CAT-Seg + DeCLIP = `declip`; ViT-B and ViT-L.
+    + _ovss_refs("B", "clip", (12.0, 19.0, 31.8, 57.5, 94.6, 77.3))
+    + _ovss_refs("B", "declip", (15.3, 21.4, 36.3, 60.6, 96.6, 81.3))
+    + _ovss_refs("L", "clip", (16.0, 23.8, 37.9, 63.3, 97.0, 82.5))
+    + _ovss_refs("L", "declip", (17.6, 25.9, 40.7, 63.9, 97.7, 83.9))
 )
 
 _RC_ABLATION_COLUMNS = (_rc("rois", "thing_top1"), _rc("rois", "stuff_top1"),
@@ -271,6 +297,15 @@ TABLES: dict[str, TableSpec] = {t.id: t for t in (
                "Paper values are F-ViT+CLIPSelf / F-ViT+DeCLIP on our `clipself` / `declip` detector rows at the "
                "matching paper preset (B/16 or L/14), and reference-only rows for every backbone scale and "
                "OV-DQUO+DeCLIP (another host, not run here).")),
+    TableSpec(
+        "ovss", "Open-vocabulary semantic segmentation with a trained head (CAT-Seg recipe, mIoU), by variant",
+        OVSS, rows=None,
+        notes=("Columns are the configured benchmarks (`evaluate.ovss.benchmarks`); paper values appear only in "
+               "columns of CVPR Table 4's 6 benchmarks, for the backbone `evaluate.ovss.paper_backbone`: CAT-Seg "
+               "with its own CLIP on `clip`, CAT-Seg + DeCLIP on `declip`.",
+               "seen / unseen mIoU: the mean IoU over the classes the head was trained on / over "
+               "`evaluate.ovss.unseen_classes`, whose names and masks were held out of its training (mini world); "
+               "they are shown only where a vocabulary is held out.")),
     TableSpec(
         "table2", "Journal Table 2: open-vocabulary 3D instance segmentation on ScanNet200", OV3D,
         rows=None, columns=tuple(_ov(f) for f in OV3D_FIELDS), baseline=("random labels", "random_labels"),

@@ -26,6 +26,9 @@ from declip.tables.registry import (
     OVVIS_TRACKS,
     OVD,
     OVD_MODES,
+    OVSS,
+    OVSS_FIELDS,
+    PAPER_OVSS_BENCHMARKS,
     PAPER_TFSEG_BENCHMARKS,
     REFERENCES,
     REGION_CLASSIFIERS,
@@ -69,6 +72,8 @@ class Layout:
     ovd_dataset: str | None = None
     ovd_modes: list[str] = field(default_factory=list)
     ovd_variants: list[str] = field(default_factory=list)
+    ovss_benchmarks: list[str] = field(default_factory=list)
+    ovss_backbone: str = "B"  # which CVPR Table 4 rows apply (evaluate.ovss.paper_backbone)
 
 
 @dataclass
@@ -131,8 +136,9 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     found_2d: set[str] = set()
     for ds in store.subdirs(REGIONCLF):
         found_2d.update(store.subdirs(REGIONCLF, ds))
-    for b in store.subdirs(TFSEG):
-        found_2d.update(store.subdirs(TFSEG, b))
+    for fam in (TFSEG, OVSS):
+        for b in store.subdirs(fam):
+            found_2d.update(store.subdirs(fam, b))
     found_3d = {v for h in store.subdirs(OV3D) for m in store.subdirs(OV3D, h) for v in store.subdirs(OV3D, h, m)}
     preferred = list(dict.fromkeys(list(cfg.get("variants") or []) + list(cfg.get("tables", {}).get("table2_variants") or [])
                                    + list(cfg.get("tables", {}).get("ovvis_variants") or [])))
@@ -175,12 +181,15 @@ def discover_layout(store: MetricsStore, cfg: dict | None = None, preset: str | 
     vtracks = list(vv.get("tracks") or _ordered(sorted({t for b in vbench for t in store.subdirs(OVVIS, b)}), OVVIS_TRACKS))
     found_vis = {v for b in vbench for t in vtracks for v in store.subdirs(OVVIS, b, t)}
     ovd_dataset, ovd_modes, ovd_variants = _ovd_layout(store, cfg)
+    oc = ev.get("ovss", {})
+    ovss_bench = list(oc.get("benchmarks") or _ordered(store.subdirs(OVSS), tuple(PAPER_OVSS_BENCHMARKS)))
     return Layout(preset=preset or cfg.get("preset") or "unknown", variants=variants, regionclf_dataset=ds,
                   classifiers=classifiers, benchmarks=bench, hosts=hosts, modes=modes, ov3d_variants=ov3d_variants,
                   ov6dpe_datasets=pose_datasets, ov6dpe_masks=pose_masks, ov6dpe_variants=pose_variants,
                   ovvis_benchmarks=vbench, ovvis_tracks=vtracks,
                   ovvis_variants=preferred + sorted(found_vis - set(preferred)),
-                  ovd_dataset=ovd_dataset, ovd_modes=ovd_modes, ovd_variants=ovd_variants)
+                  ovd_dataset=ovd_dataset, ovd_modes=ovd_modes, ovd_variants=ovd_variants,
+                  ovss_benchmarks=ovss_bench, ovss_backbone=oc.get("paper_backbone") or "B")
 
 
 def _ovd_layout(store: MetricsStore, cfg: dict) -> tuple[str | None, list[str], list[str]]:
@@ -202,6 +211,8 @@ def table_columns(spec: TableSpec, layout: Layout) -> list[Metric]:
         return [Metric(REGIONCLF, f"{c}.{f}") for c in layout.classifiers for f in REGION_FIELDS]
     if spec.family == TFSEG:
         return [Metric(TFSEG, "mIoU", b) for b in layout.benchmarks] + [Metric(TFSEG, "mIoU", AVG)]
+    if spec.family == OVSS:
+        return [Metric(OVSS, f, b) for b in layout.ovss_benchmarks for f in OVSS_FIELDS]
     return list(spec.columns)
 
 
@@ -209,6 +220,8 @@ def reference_applies(ref: Reference, layout: Layout) -> bool:
     """The paper's average covers its 8 benchmarks: comparable only over exactly those."""
     if ref.metric.family == TFSEG and ref.metric.benchmark == AVG:
         return set(layout.benchmarks) == set(PAPER_TFSEG_BENCHMARKS)
+    if ref.metric.family == OVSS:  # CVPR Table 4 gives ViT-B and ViT-L rows: compare with the configured one
+        return ref.host == layout.ovss_backbone
     return True
 
 
@@ -232,6 +245,8 @@ def metric_value(store: MetricsStore, layout: Layout, metric: Metric, variant: s
         if layout.ovd_dataset is None:
             return None
         return _number(store.load(OVD, dataset=layout.ovd_dataset, mode=mode, variant=variant), fld)
+    if metric.family == OVSS:
+        return _number(store.load(OVSS, benchmark=metric.benchmark, variant=variant), fld)
     if metric.benchmark == AVG:
         # The paper's avg column: mean over the benchmarks; undefined while any benchmark is missing.
         vals = [metric_value(store, layout, Metric(TFSEG, metric.field, b), variant) for b in layout.benchmarks]
@@ -333,7 +348,10 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
             if not any(val is not None for val in row.values.values()):
                 continue  # no computation behind this variant in this table
             # OVD: the paper's numbers are the F-ViT detector's at one student scale (keyed by preset).
-            row.refs = refs(v, layout.preset if mode == "detector" else None) if spec.family == OVD else refs(v, host)
+            # OVD: the paper's numbers are the F-ViT detector's at one student scale (keyed by preset);
+            # OVSS: CVPR Table 4's rows of the configured backbone.
+            key = {OVD: layout.preset if mode == "detector" else None, OVSS: layout.ovss_backbone}.get(spec.family, host)
+            row.refs = refs(v, key)
             row.protocol = _protocol(store, layout, row)
             row.weights, row.options = _options(store, layout, row)
             rows.append(row)
@@ -344,6 +362,9 @@ def build_rows(spec: TableSpec, layout: Layout, store: MetricsStore) -> tuple[li
     if spec.family == "ablation":
         # The tfseg column is optional in ablations: shown only where some variant has it.
         columns = [m for m in columns if m.family != TFSEG or any(r.values.get(m) is not None for r in rows)]
+    if spec.family == OVSS:
+        # seen / unseen columns exist only where a vocabulary was held out.
+        columns = [m for m in columns if m.field == "mIoU" or any(r.values.get(m) is not None for r in rows)]
     return columns, rows
 
 

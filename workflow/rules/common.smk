@@ -213,13 +213,20 @@ def ovd_eval_inputs(wildcards):
     if wildcards.mode == "detector":
         inputs["detector"] = f"{R}/ovd/{wildcards.variant}/detector.pt"
     return inputs
+def ovss_class_lists(wildcards):
+    """CAT-Seg's class lists (evaluate.ovss.class_json) come with the catseg_classes download."""
+    return [f"{P['data']}/.downloads/catseg_classes.json"] if EV["ovss"]["class_json"] else []
+
+
+def ovss_metrics(variants):
+    return [f"{R}/eval/ovss/{b}/{v}/metrics.json" for b in EV["ovss"]["benchmarks"] for v in variants]
 
 
 def figure_outputs(variants):
     return [f"{R}/figures/{v}" for v in variants]
 
 
-TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis", "ovd")]  # these have their own rules
+TABLE_IDS = [t for t in table_ids() if t not in ("table2", "ov6dpe", "ovvis", "ovd", "ovss")]  # these have their own rules
 
 
 def claim_variants():
@@ -234,3 +241,4 @@ def mini_teacher_figures():
         return []
     used = sorted({t for v in claim_variants() for t in variant_teachers(v)})
     return [f"{folder}/{t}.json" for t in used] + [rules.clip_affinity.output[0]]
+# table2 and ovss have their own rules (their own evaluation jobs).
