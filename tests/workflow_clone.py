@@ -57,7 +57,7 @@ def digests(root: Path, folders: list[str]) -> dict[str, str]:
 
 
 # Wall-clock fields of JSON outputs (durations, throughput, timestamps, the commit): not part of a result.
-VOLATILE = {"seconds", "job_seconds", "seconds_per_step", "cpu_seconds_per_step", "time_split_s", "images_per_s",
+VOLATILE = {"seconds", "cpu_seconds", "job_seconds", "seconds_per_step", "cpu_seconds_per_step", "time_split_s", "images_per_s",
             "finished", "created", "git_sha"}
 
 

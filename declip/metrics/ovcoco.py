@@ -88,7 +88,7 @@ def per_category_ap50(gt: dict, dets: list[dict], max_dets: int = DEFAULT_MAX_DE
         if not dets:
             has_gt = {c for a in gt["annotations"] if not a.get("iscrowd", 0) for c in [a["category_id"]]}
             return {c: (0.0 if c in has_gt else math.nan) for c in cat_ids}
-        coco_dt = coco_gt.loadRes(dets)
+        coco_dt = coco_gt.loadRes([dict(d) for d in dets])  # loadRes adds keys in place: keep the caller's list
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.params.catIds = cat_ids
         ev.params.imgIds = sorted(coco_gt.getImgIds())

@@ -10,7 +10,9 @@ rule claims:
     output:
         csv=report(f"{R}/tables/claims.csv", caption="../report/table.rst", category="Tables", labels={"table": "claims"}),
         md=f"{R}/tables/claims.md",
-        **({"teachers_csv": f"{R}/tables/teachers.csv", "teachers_md": f"{R}/tables/teachers.md"} if mini_teacher_figures() else {}),
+        **({"teachers_csv": report(f"{R}/tables/teachers.csv", caption="../report/table.rst", category="Tables",
+                                   labels={"table": "teachers"}),
+            "teachers_md": f"{R}/tables/teachers.md"} if mini_teacher_figures() else {}),
     params:
         job=job("claims"),
         conf=conf("claims"),
