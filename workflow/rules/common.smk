@@ -63,10 +63,6 @@ def job_threads(group):
     return _resources(group)["threads"]
 
 
-# Rules of other stages that still name a fixed thread count: the evaluation group's.
-JOB_THREADS = job_threads("evaluate")
-
-
 def job_resources(group):
     """A rule's resources from the preset (`resources.<group>`) plus the site's SLURM settings
     (`cluster`: partition, account, GPU constraint, set in one place). Empty settings are left out."""

@@ -45,7 +45,7 @@ rule train_detector:
         logfile("ovd/train-{variant}"),
     benchmark:
         "benchmarks/ovd/train-{variant}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
         gpu=lambda w: 0 if MINI else OVD["detector"]["gpus"],
         mem_mb=lambda w: 3000 if MINI else 64000,

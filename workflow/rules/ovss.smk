@@ -22,7 +22,7 @@ rule ovss_train:
         logfile("ovss/train-{variant}"),
     benchmark:
         "benchmarks/ovss/train-{variant}.tsv"
-    threads: JOB_THREADS
+    threads: job_threads("evaluate")
     resources:
         gpu=EV["ovss"]["gpus"],
         mem_mb=lambda w: 3000 if MINI else 64000,
