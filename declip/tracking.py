@@ -22,6 +22,8 @@ from declip.tracking_ui import (TABLE_RULES, headline_metrics, method_params, pr
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DECLIP_MLFLOW_PARENT_RUN_ID"
+# Set by the invocation when `tracking.record: invocation`: its jobs queue their records, it uploads them at its end.
+DEFER_ENV = "DECLIP_TRACKING_DEFER"
 TAG_KEYS = ("rule", "variant", "dataset", "job_key")
 _METRIC_SUFFIXES = (".json",)
 _ARTIFACT_SUFFIXES = (".json", ".csv", ".md", ".png", ".tsv", ".txt", ".html")
@@ -79,6 +81,8 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
                   "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha() or "unknown"},
         )
         os.environ[PARENT_ENV] = run.info.run_id
+        if cfg.get("record", "job") == "invocation":
+            os.environ[DEFER_ENV] = "1"
         log.info("MLflow: parent run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
     except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
         guard.switch_off(guard.redact(e))
@@ -110,10 +114,13 @@ def comparison_hint(config: dict) -> str | None:
 
 
 def end_invocation(config: dict, status: str) -> None:
+    """Upload the records the jobs queued (`tracking.record: invocation`, or a store they could not reach),
+    then close the invocation's parent run."""
     run_id = os.environ.get(PARENT_ENV)
     cfg = config.get("tracking", {})
     if not run_id or not cfg.get("enabled", True):
         return
+    sync_pending(cfg)
     try:
         _client(cfg).set_terminated(run_id, status=status)
     except Exception as e:  # noqa: BLE001
@@ -159,6 +166,9 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
     """One child run for a finished (or failed) job; supersedes older runs of the same job key."""
     cfg = job.get("tracking", {})
     if not cfg.get("enabled", True):
+        return None
+    if os.environ.get(DEFER_ENV):  # no mlflow import in the job: the invocation uploads the record when it ends
+        guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
         return None
     guard.bound_http_waits()
     reason = guard.unreachable(tracking_uri(cfg))  # bounded: seconds, not MLflow's retries
@@ -313,5 +323,5 @@ def sync_pending(tracking_cfg: dict | None = None) -> tuple[int, int]:
         if parent_before:
             os.environ[PARENT_ENV] = parent_before
     if uploaded:
-        log.info("MLflow: uploaded %d pending job record(s)", uploaded)
+        log.info("MLflow: recorded %d queued job run(s)", uploaded)
     return uploaded, len(paths) - uploaded

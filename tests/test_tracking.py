@@ -12,7 +12,9 @@ from declip import tracking, tracking_guard
 def sqlite_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    for name in (tracking.PARENT_ENV, tracking.DEFER_ENV):  # unset now and after the test (start_invocation sets them)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return uri
 
 
@@ -35,7 +37,7 @@ def _runs(uri, view="ACTIVE_ONLY"):
 
 
 def test_child_run_with_tags_under_parent(tmp_path, sqlite_uri):
-    cfg = C.load()
+    cfg = C.load(overrides={"tracking": {"record": "job"}})
     parent = tracking.start_invocation(cfg, targets=["results/table2.csv"])
     assert parent
     spec, result = _job(tmp_path, cfg)
@@ -58,6 +60,26 @@ def test_child_run_with_tags_under_parent(tmp_path, sqlite_uri):
     history = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [0, 1, 2]
     tracking.end_invocation(cfg, "FINISHED")
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_invocation_records_queued_job_runs_when_it_ends(tmp_path, sqlite_uri, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the queue lives in the working directory
+    cfg = C.load(overrides={"tracking": {"record": "invocation"}})
+    parent = tracking.start_invocation(cfg, targets=["ablations"])
+    spec, result = _job(tmp_path, cfg)
+    assert tracking.record_job(spec, result, seconds=2.0) is None  # queued, not recorded
+    _, runs = _runs(sqlite_uri)
+    assert [r.info.run_id for r in runs] == [parent]
+    assert len(tracking_guard.pending()) == 1
+    tracking.end_invocation(cfg, "FINISHED")
+    client, runs = _runs(sqlite_uri)
+    child = next(r for r in runs if r.info.run_id != parent)
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.tags["declip.job_key"] == spec["job_key"]
+    assert child.data.metrics["thing_top1"] == 42.0
+    assert child.info.status == "FINISHED"
+    assert tracking_guard.pending() == []
     assert client.get_run(parent).info.status == "FINISHED"
 
 
