@@ -53,7 +53,7 @@ def world(one_thread, tmp_path_factory):
                      "vfms": {"dinov2_b": {"type": "dinov2_reg", "patch_size": 8, "tiny": TINY_VFM}}},
         "datasets": {"testset": {"kind": "mini2d", "root": str(root / "images")}},
         "distill": {"dataset": "testset", "batch_size": 4, "per_device_batch": 2, "max_steps": 6, "warmup_steps": 2,
-                    "lr": 1e-3, "checkpoint_every": 2, "log_every": 1, "num_workers": 0},
+                    "lr": 1e-3, "checkpoint_every": 2, "log_every": 1, "num_workers": 0, "crop_target_cache": False},
     })
     torch.manual_seed(0)
     save_clip(create_clip(cfg["student"]), root / "clip.pt")
@@ -215,6 +215,64 @@ def test_grad_checkpointing_gives_the_same_weights(world, tmp_path):
     b = torch.load(tmp_path / "ckpt" / "model.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_crop_target_memo_is_shared_and_bit_identical(world, tmp_path, monkeypatch):
+    """Variants of one seed share the crop targets; a run reading them gives the weights of a run computing them."""
+    from declip.distill import crop_memo
+
+    monkeypatch.chdir(tmp_path)  # paths.cache is relative to the working directory
+    cfg = world["cfg"]
+    short = dict(cfg["distill"], max_steps=2)
+    memo_cfg = dict(cfg, distill=dict(short, crop_target_cache=True))
+    counts = []
+    real_call = crop_memo.CropTargetMemo.__call__
+
+    def counting(self, *a, **kw):
+        out = real_call(self, *a, **kw)
+        counts.append((self.hits, self.misses))
+        return out
+
+    monkeypatch.setattr(crop_memo.CropTargetMemo, "__call__", counting)
+    T.distill(dict(cfg, distill=short), variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], tmp_path / "plain" / "model.pt")
+    assert counts == []  # off: no memo
+    T.distill(memo_cfg, variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], tmp_path / "first" / "model.pt")
+    first = counts[-1]
+    entries = sorted((tmp_path / "cache" / "crop_targets").glob("*.pt"))
+    assert first[0] == 0 and first[1] == len(entries) > 0
+    T.distill(memo_cfg, variant_method(cfg, "no_rcc"), "no_rcc", world["items"], tmp_path / "other" / "model.pt")
+    assert counts[-1] == (len(entries), 0)  # another variant of the same seed reads every entry
+    T.distill(memo_cfg, variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], tmp_path / "second" / "model.pt")
+    a = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    for run in ("first", "second"):
+        b = torch.load(tmp_path / run / "model.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    reseeded = dict(memo_cfg, seed=memo_cfg["seed"] + 1)
+    T.distill(reseeded, variant_method(cfg, "no_sdgsc"), "no_sdgsc", world["items"], tmp_path / "seed" / "model.pt")
+    assert counts[-1][1] > 0  # other regions, other keys
+
+
+def test_crop_memo_key_follows_pixels_boxes_and_teacher(tmp_path):
+    from declip.distill.crop_memo import CropTargetMemo
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(3, 2)
+    memo = CropTargetMemo(tmp_path, teacher, {"crop_size": 16})
+    img, box = torch.rand(3, 8, 8), torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64)
+    key = memo.key([img], [box])
+    assert memo.key([img.clone()], [box.clone()]) == key
+    img2 = img.clone()
+    img2[0, 0, 0] += 1e-6
+    assert memo.key([img2], [box]) != key
+    assert memo.key([img], [box + 0.5]) != key
+    with torch.no_grad():
+        teacher.weight[0, 0] += 1e-3
+    assert CropTargetMemo(tmp_path, teacher, {"crop_size": 16}).key([img], [box]) != key
+    assert CropTargetMemo(tmp_path, torch.nn.Linear(3, 2), {"crop_size": 32}).key([img], [box]) != key
+    calls = []
+    out = memo([img], [box], lambda: calls.append(1) or torch.arange(4.0))
+    again = memo([img], [box], lambda: calls.append(1) or torch.zeros(4))
+    assert calls == [1] and torch.equal(out, again)
 
 
 def test_non_finite_loss_is_a_clear_error(world, tmp_path, monkeypatch):

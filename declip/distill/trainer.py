@@ -206,6 +206,7 @@ class StepContext:
     amp_dtype: object = None
     scaler: object = None
     pinned: list = field(default_factory=list)  # pinned_rows(...)
+    crop_memo: object = None  # CropTargetMemo (distill.crop_target_cache) or None
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
 
@@ -236,7 +237,11 @@ def train_step(ctx: StepContext, step: int, micro_batches: list) -> dict:
             with t("teacher_crops"), autocast:
                 # Regions are drawn on the letterbox; the crops are cut from the original image (box / scale).
                 orig_boxes = [b.double() / s for b, s in zip(boxes, batch["scale"].tolist())]
-                crops = crop_targets(ctx.teacher, batch["original"], orig_boxes, scfg["crop_size"], scfg["mean"], scfg["std"])
+
+                def compute():
+                    return crop_targets(ctx.teacher, batch["original"], orig_boxes, scfg["crop_size"], scfg["mean"], scfg["std"])
+
+                crops = ctx.crop_memo(batch["original"], orig_boxes, compute, ctx.device) if ctx.crop_memo else compute()
         vfm, aff = ctx.teachers(ids, images, t)
         sync = (ctx.student.no_sync() if hasattr(ctx.student, "no_sync") and micro < accum - 1
                 else contextlib.nullcontext())
@@ -375,6 +380,19 @@ def amp_setup(device, precision: str):
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
+def crop_memo(cfg: dict, method: dict, original, amp_dtype):
+    """The shared memo of crop targets under `paths.cache` when `distill.crop_target_cache` is on."""
+    if not cfg["distill"].get("crop_target_cache") or method["content_loss"] != "self":
+        return None
+    from declip.config import resolve_path
+    from declip.distill.crop_memo import CropTargetMemo
+
+    scfg = cfg["student"]
+    settings = {"crop_size": scfg["crop_size"], "mean": scfg["mean"], "std": scfg["std"], "amp": str(amp_dtype),
+                "device": next(original.parameters()).device.type}
+    return CropTargetMemo(resolve_path(cfg["paths"]["cache"]) / "crop_targets", original, settings)
+
+
 def distill_hash(cfg: dict, method: dict) -> str:
     """Config hash of everything a distillation reads (the resolved method included)."""
     from declip.config import RULE_SECTIONS
@@ -458,7 +476,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
                       student_cfg=cfg["student"], device=dev, image_ids=[i for i, _ in items], seed=cfg["seed"],
                       batch_size=batch_size, micro_batch=micro, rank=dist_env.rank,
                       world_size=dist_env.world_size, amp_dtype=amp_dtype, scaler=scaler,
-                      pinned=pinned_rows(clip, original, method))
+                      pinned=pinned_rows(clip, original, method), crop_memo=crop_memo(cfg, method, original, amp_dtype))
     last = {}
     log_time, log_images = time.time(), 0
     bar = tqdm(total=steps, initial=start_step, desc=f"distill {variant}", disable=not dist_env.main, unit="step")
@@ -509,6 +527,8 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
     log.info("distilled %s: %d steps in %.1f s (%.1f images/s); time split: %s", variant, steps - start_step, seconds,
              (steps - start_step) * batch_size / max(seconds, 1e-9),
              ", ".join(f"{k} {v:.1f} s" for k, v in sorted(ctx.timer.seconds.items())))
+    if ctx.crop_memo is not None:
+        log.info("crop targets: %d micro-batches from the shared memo, %d computed", ctx.crop_memo.hits, ctx.crop_memo.misses)
     return {"metrics": {k: last.get(k) for k in LOSS_TERMS if last.get(k) is not None}, "seconds": seconds,
             "losses": losses_path, "provenance": provenance, "steps": steps}
 
