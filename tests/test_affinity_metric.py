@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from declip.metrics.affinity import pair_scores, roc_auc, token_segments
+from declip.metrics.affinity import pair_scores, roc_auc, row_entropy, token_segments
 
 
 def _auc_brute(pos, neg):
@@ -57,3 +57,10 @@ def test_pair_scores_split_same_and_different_segments():
     pos, neg = pair_scores(sim, labels)
     assert sorted(pos.tolist()) == [0.9]  # (0,1); token 3 is unlabelled, the diagonal is excluded
     assert sorted(neg.tolist()) == [0.2, 0.3]
+
+
+def test_row_entropy_is_one_for_uniform_rows_and_zero_for_one_hot():
+    assert row_entropy(np.full((4, 4), 0.25)) == pytest.approx(1.0)
+    assert row_entropy(np.eye(5) * 3.0) == pytest.approx(0.0)
+    # Rows [1,1,0,0] (normalised: two halves) have entropy log 2 = half of log 4.
+    assert row_entropy(np.array([[1.0, 1.0, 0, 0]] * 4)) == pytest.approx(0.5)

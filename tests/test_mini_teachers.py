@@ -74,3 +74,27 @@ def test_crops_stay_inside_the_image_and_have_the_size_asked():
     assert area.min() > 0.05 and area.max() < 0.36
     x = mt.crops(torch.rand(3, 3, 96, 96), torch.tensor([0, 2]), 32, (0.3, 1.0), gen)
     assert x.shape == (2, 3, 32, 32)
+
+
+def test_sd_unet_trains_at_the_extraction_size_and_within_max_timestep():
+    """crop_size null = teachers.sd.resolution; every UNet training timestep lies below max_timestep."""
+    from declip.models.sd import _tiny_sd
+
+    cfg = config.load()
+    unet, vae, scheduler, embeds = _tiny_sd(cfg["teachers"]["sd"], 0)
+    seen = []
+    add_noise = scheduler.add_noise
+
+    def spy(latents, noise, t):
+        seen.append((tuple(latents.shape[-2:]), t.clone()))
+        return add_noise(latents, noise, t)
+
+    scheduler.add_noise = spy
+    sc = {"crop_size": None, "max_timestep": 7, "vae_steps": 1, "unet_steps": 3, "batch_size": 8, "lr": 1e-4,
+          "warmup_steps": 1, "kl_weight": 1e-6, "scale": [0.5, 1.0]}
+    images = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    mt.train_sd(unet.train(), vae.train(), scheduler, embeds, images, sc, gen, range, resolution=24)
+    assert len(seen) == 3 and {s for s, _ in seen} == {(12, 12)}  # the tiny VAE halves 24 px
+    ts = torch.cat([t for _, t in seen])
+    assert int(ts.max()) < 7 and int(ts.min()) >= 0

@@ -58,7 +58,7 @@ def affinity_auc(cfg: dict, source: str, device="cpu", batch_size: int = 16) -> 
     from declip.data.images import load_image
     from declip.data.panoptic import load_segment_ids, panoptic_paths, read_panoptic
     from declip.distill.cache import student_grid
-    from declip.metrics.affinity import pair_scores, roc_auc, token_segments
+    from declip.metrics.affinity import pair_scores, roc_auc, row_entropy, token_segments
 
     qc = cfg["mini"]["teachers"]["quality"]
     spec = dataset_spec(cfg, qc["dataset"])
@@ -68,7 +68,7 @@ def affinity_auc(cfg: dict, source: str, device="cpu", batch_size: int = 16) -> 
     size = int(cfg["student"]["image_size"])
     patch = size // student_grid(cfg["student"])[0]
     sim_of = similarity_fn(cfg, source, torch.device(device))
-    pos, neg = [], []
+    pos, neg, entropies = [], [], []
     for start in range(0, len(pano.images), batch_size):
         chunk = pano.images[start:start + batch_size]
         sims = sim_of([load_image(im.image_path) for im in chunk]).cpu().numpy()
@@ -77,8 +77,13 @@ def affinity_auc(cfg: dict, source: str, device="cpu", batch_size: int = 16) -> 
             p, n = pair_scores(sim, labels)
             pos.append(p)
             neg.append(n)
+            if source == "sd":
+                entropies.append(row_entropy(sim))
     pos, neg = np.concatenate(pos), np.concatenate(neg)
     auc = roc_auc(pos, neg)
     log.info("patch-affinity ROC AUC of %s on %s: %.3f (%d same / %d different-segment pairs)", source, qc["dataset"], auc, len(pos), len(neg))
-    return {"source": source, "dataset": qc["dataset"], "auc": auc, "n_pos": int(len(pos)), "n_neg": int(len(neg)),
-            "n_images": len(pano.images)}
+    out = {"source": source, "dataset": qc["dataset"], "auc": auc, "n_pos": int(len(pos)), "n_neg": int(len(neg)),
+           "n_images": len(pano.images)}
+    if entropies:  # SD: how far its attention is from uniform (near 1 = no structure, the AUC then ranks noise)
+        out["row_entropy"] = float(np.mean(entropies))
+    return out

@@ -61,3 +61,12 @@ def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
         ranks[order[a:b]] = (a + b + 1) / 2
     u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
+
+
+def row_entropy(affinity: np.ndarray) -> float:
+    """Mean entropy of the rows of a non-negative (N, N) map, each row normalised, over log N: 1 = uniform
+    rows (an affinity that carries no structure, whatever its AUC), 0 = one-hot rows."""
+    a = np.asarray(affinity, dtype=np.float64)
+    p = a / np.maximum(a.sum(-1, keepdims=True), 1e-300)
+    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+    return float(h.mean() / np.log(a.shape[-1]))

@@ -278,12 +278,16 @@ def train_simmim(encoder, images, mc: dict, gen, patch_size: int, budget) -> lis
 
 
 # ---------------------------------------------------------------- Stable Diffusion: VAE, then UNet
-def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget) -> tuple[list[float], list[float], float]:
-    """VAE (MSE + kl_weight * KL), its latent scaling factor, then UNet epsilon prediction (SD 2.x base)."""
+def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget, resolution: int) -> tuple[list[float], list[float], float]:
+    """VAE (MSE + kl_weight * KL), its latent scaling factor, then UNet epsilon prediction (SD 2.x base).
+
+    Crops are `crop_size` pixels, or `resolution` (teachers.sd.resolution, the extraction input) when it is null,
+    so the UNet learns at the latent size and (with `max_timestep`) the noise levels SD-GSC reads it at."""
     import torch
     import torch.nn.functional as F
 
-    side = int(sc["crop_size"])  # convolutional UNet/VAE: trained on crops, run at teachers.sd.resolution
+    side = int(sc.get("crop_size") or resolution)
+    t_max = int(sc.get("max_timestep") or scheduler.config.num_train_timesteps)
     opt = torch.optim.AdamW(vae.parameters(), lr=sc["lr"], weight_decay=0.0)
     vae_losses = []
     for _ in scheduled(opt, budget, sc["vae_steps"], sc["warmup_steps"], sc["lr"]):
@@ -305,7 +309,7 @@ def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget) -> tup
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample(generator=gen) * scaling
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
+        t = torch.randint(0, t_max, (len(x),), generator=gen)
         pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeds.expand(len(x), -1, -1)).sample
         unet_losses.append(update(opt, F.mse_loss(pred, noise)))
     return vae_losses, unet_losses, scaling
@@ -346,7 +350,8 @@ def pretrain_teacher(cfg: dict, name: str, data_root: Path, out: str | Path) -> 
         if not sd_cfg.get("tiny"):
             raise UserFacingError("teachers.sd has no `tiny` config: only the mini preset's tiny SD is pretrained here")
         unet, vae, scheduler, embeds = _tiny_sd(sd_cfg, cfg["seed"])
-        vae_l, unet_l, scaling = train_sd(unet.train(), vae.train(), scheduler, embeds, images, mc["sd"], gen, budget)
+        vae_l, unet_l, scaling = train_sd(unet.train(), vae.train(), scheduler, embeds, images, mc["sd"], gen, budget,
+                                         int(sd_cfg["resolution"]))
         blob = {"unet": unet.state_dict(), "vae": vae.state_dict(), "scaling_factor": scaling}
         summary = {"objective": "vae_mse_kl+ddpm_eps", "vae_final_loss": float(np.mean(vae_l[-20:])),
                    "final_loss": float(np.mean(unet_l[-20:])), "steps": len(vae_l) + len(unet_l), "scaling_factor": scaling}
