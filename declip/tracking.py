@@ -1,4 +1,7 @@
-"""MLflow mirror of the workflow: one parent run per `snakemake` invocation, one child run per job.
+"""MLflow mirror of the workflow: one run per `snakemake` invocation, one run per job.
+
+The job runs are not nested under the invocation's run (MLflow's runs table shows nested runs collapsed
+under their parent); each carries the invocation's run id as the tag `declip.invocation_run` instead.
 
 Files are the source of truth; tracking is best effort: every public function here logs and swallows
 its own failures, so a tracking problem never fails a job. Used by the CLI layer and the Snakefile's
@@ -16,12 +19,13 @@ from pathlib import Path
 
 from declip import tracking_guard as guard
 from declip.config import git_sha
-from declip.tracking_ui import (TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
+from declip.tracking_ui import (NOTE_TAG, TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
                                 table_description, table_figures, table_files, view_url)
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DECLIP_MLFLOW_PARENT_RUN_ID"
+INVOCATION_TAG = "declip.invocation_run"  # filter: tags.`declip.invocation_run` = '<id>'
 TAG_KEYS = ("rule", "variant", "dataset", "job_key")
 _METRIC_SUFFIXES = (".json",)
 _ARTIFACT_SUFFIXES = (".json", ".csv", ".md", ".png", ".tsv", ".txt", ".html")
@@ -59,7 +63,7 @@ def _experiment_id(client, tracking_cfg: dict) -> str:
 
 
 def start_invocation(config: dict, targets: list[str] | None = None) -> str | None:
-    """Create the database and the invocation's parent run; export its id to the jobs' environment."""
+    """Create the database and the invocation's run; export its id to the jobs' environment."""
     cfg = config.get("tracking", {})
     if not cfg.get("enabled", True):
         return None
@@ -156,7 +160,7 @@ def _mlflow_key(key: str) -> str:
 
 
 def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED") -> str | None:
-    """One child run for a finished (or failed) job; supersedes older runs of the same job key."""
+    """One run for a finished (or failed) job; supersedes older runs of the same job key."""
     cfg = job.get("tracking", {})
     if not cfg.get("enabled", True):
         return None
@@ -217,7 +221,7 @@ def _new_run(client, exp_id: str, job: dict, key: str | None = None, name: str |
                  "declip.job_key": key, "mlflow.runName": name})
     parent = os.environ.get(PARENT_ENV)
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[INVOCATION_TAG] = parent
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
@@ -237,7 +241,7 @@ def _record_tables(job: dict, result: dict, seconds: float, cfg: dict) -> str | 
     for table_id, paths in files.items():
         last = _new_run(client, exp_id, job, key=f"table:{table_id}", name=table_id)
         client.set_tag(last, "declip.table", table_id)
-        client.set_tag(last, "mlflow.note.content", table_description(table_id))
+        client.set_tag(last, NOTE_TAG, table_description(table_id))
         client.set_tag(last, "declip.seconds", f"{seconds:.1f}")  # of the job that rendered every table
         for path in _artifacts([str(p) for p in paths]):
             client.log_artifact(last, str(path))
@@ -283,7 +287,7 @@ def _artifacts(paths: list[str]) -> list[Path]:
 
 def sync_pending(tracking_cfg: dict | None = None) -> tuple[int, int]:
     """Upload the records of jobs that could not reach the tracking store (tracking_guard.PENDING_DIR in
-    the working directory), each under its original parent run and commit; returns (uploaded, left)."""
+    the working directory), each with its original invocation run and commit; returns (uploaded, left)."""
     cfg = dict(tracking_cfg or {})
     paths = guard.pending()
     if not paths or not cfg.get("enabled", True):
