@@ -110,7 +110,7 @@ def comparison_hint(config: dict) -> str | None:
     if exp is None:
         return None
     return (f"Compare the variants: run `mlflow ui` here, then open {view_url(exp.experiment_id)} "
-            "(other views: the 'Saved views' menu of the runs table).")
+            "(the other views: the links above the experiment's runs table).")
 
 
 def end_invocation(config: dict, status: str) -> None:
