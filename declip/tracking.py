@@ -83,7 +83,7 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
                   "declip.targets": " ".join(targets or []), "declip.git_sha": git_sha() or "unknown"},
         )
         os.environ[PARENT_ENV] = run.info.run_id
-        log.info("MLflow: parent run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
+        log.info("MLflow: invocation run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
     except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
         guard.switch_off(guard.redact(e))
         return None
@@ -121,7 +121,7 @@ def end_invocation(config: dict, status: str) -> None:
     try:
         _client(cfg).set_terminated(run_id, status=status)
     except Exception as e:  # noqa: BLE001
-        log.warning("MLflow: could not close parent run %s (%s)", run_id, guard.redact(e))
+        log.warning("MLflow: could not close invocation run %s (%s)", run_id, guard.redact(e))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
