@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,7 +127,8 @@ def ui(mini):
         port = s.getsockname()[1]
     log = open(mini / "mlflow-ui.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{mini}/mlflow.db",
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=mini)
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=mini,
+                            start_new_session=True)  # its uvicorn workers and job runner: one process group
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -141,7 +143,7 @@ def ui(mini):
             pytest.fail(f"mlflow ui did not answer on {base} within 300 s: {(mini / 'mlflow-ui.log').read_text()[-3000:]}")
         yield base
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # `mlflow ui` alone would leave its server processes behind
         proc.wait(timeout=60)
         log.close()
 
