@@ -177,6 +177,13 @@ def view_tag_value(view: dict, now_ms: int | None = None) -> str:
         "columnWidths": {RUN_NAME_COLUMN: 300},
         "compareRunsMode": "TABLE",
         "runsHiddenMode": "SHOW_ALL",
+        # MLflow <=3.9 replaces the page's whole UI state by a shared view's (no merge with defaults; a
+        # missing field crashes the page): its defaults, experiment-page-ui-state.ts in mlflow/server/js.
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False, "groupBy": None,
+        "groupsExpanded": {}, "autoRefreshEnabled": True, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+        "chartsSearchFilter": "",
     }
     created = int(time.time() * 1000) if now_ms is None else now_ms
     return json.dumps({"name": view["name"], "createdAt": created, "state": json.dumps(state), **state})
