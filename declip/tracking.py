@@ -1,4 +1,7 @@
-"""MLflow mirror of the workflow: one parent run per `snakemake` invocation, one child run per job.
+"""MLflow mirror of the workflow: one run per `snakemake` invocation, one run per job.
+
+The job runs are not nested under the invocation's run (MLflow's runs table shows nested runs collapsed
+under their parent); each carries the invocation's run id as the tag `declip.invocation_run` instead.
 
 Files are the source of truth; tracking is best effort: every public function here logs and swallows
 its own failures, so a tracking problem never fails a job. Used by the CLI layer and the Snakefile's
@@ -16,12 +19,13 @@ from pathlib import Path
 
 from declip import tracking_guard as guard
 from declip.config import git_sha
-from declip.tracking_ui import (TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
+from declip.tracking_ui import (NOTE_TAG, TABLE_RULES, headline_metrics, method_params, prepare_experiment, run_name,
                                 table_description, table_figures, table_files, view_url)
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DECLIP_MLFLOW_PARENT_RUN_ID"
+INVOCATION_TAG = "declip.invocation_run"  # filter: tags.`declip.invocation_run` = '<id>'
 # Set by the invocation when `tracking.record: invocation`: its jobs queue their records, it uploads them at its end.
 DEFER_ENV = "DECLIP_TRACKING_DEFER"
 TAG_KEYS = ("rule", "variant", "dataset", "job_key")
@@ -61,7 +65,7 @@ def _experiment_id(client, tracking_cfg: dict) -> str:
 
 
 def start_invocation(config: dict, targets: list[str] | None = None) -> str | None:
-    """Create the database and the invocation's parent run; export its id to the jobs' environment."""
+    """Create the database and the invocation's run; export its id to the jobs' environment."""
     cfg = config.get("tracking", {})
     if not cfg.get("enabled", True):
         return None
@@ -83,7 +87,7 @@ def start_invocation(config: dict, targets: list[str] | None = None) -> str | No
         os.environ[PARENT_ENV] = run.info.run_id
         if cfg.get("record", "job") == "invocation":
             os.environ[DEFER_ENV] = "1"
-        log.info("MLflow: parent run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
+        log.info("MLflow: invocation run %s at %s", run.info.run_id, guard.redact(tracking_uri(cfg)))
     except Exception as e:  # noqa: BLE001 - tracking must never stop the workflow
         guard.switch_off(guard.redact(e))
         return None
@@ -110,7 +114,7 @@ def comparison_hint(config: dict) -> str | None:
     if exp is None:
         return None
     return (f"Compare the variants: run `mlflow ui` here, then open {view_url(exp.experiment_id)} "
-            "(other views: the 'Saved views' menu of the runs table).")
+            "(the other views: the links above the experiment's runs table).")
 
 
 def end_invocation(config: dict, status: str) -> None:
@@ -124,7 +128,7 @@ def end_invocation(config: dict, status: str) -> None:
     try:
         _client(cfg).set_terminated(run_id, status=status)
     except Exception as e:  # noqa: BLE001
-        log.warning("MLflow: could not close parent run %s (%s)", run_id, guard.redact(e))
+        log.warning("MLflow: could not close invocation run %s (%s)", run_id, guard.redact(e))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -163,7 +167,7 @@ def _mlflow_key(key: str) -> str:
 
 
 def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED") -> str | None:
-    """One child run for a finished (or failed) job; supersedes older runs of the same job key."""
+    """One run for a finished (or failed) job; supersedes older runs of the same job key."""
     cfg = job.get("tracking", {})
     if not cfg.get("enabled", True):
         return None
@@ -227,7 +231,7 @@ def _new_run(client, exp_id: str, job: dict, key: str | None = None, name: str |
                  "declip.job_key": key, "mlflow.runName": name})
     parent = os.environ.get(PARENT_ENV)
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[INVOCATION_TAG] = parent
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
@@ -247,7 +251,7 @@ def _record_tables(job: dict, result: dict, seconds: float, cfg: dict) -> str | 
     for table_id, paths in files.items():
         last = _new_run(client, exp_id, job, key=f"table:{table_id}", name=table_id)
         client.set_tag(last, "declip.table", table_id)
-        client.set_tag(last, "mlflow.note.content", table_description(table_id))
+        client.set_tag(last, NOTE_TAG, table_description(table_id))
         client.set_tag(last, "declip.seconds", f"{seconds:.1f}")  # of the job that rendered every table
         for path in _artifacts([str(p) for p in paths]):
             client.log_artifact(last, str(path))
@@ -293,7 +297,7 @@ def _artifacts(paths: list[str]) -> list[Path]:
 
 def sync_pending(tracking_cfg: dict | None = None) -> tuple[int, int]:
     """Upload the records of jobs that could not reach the tracking store (tracking_guard.PENDING_DIR in
-    the working directory), each under its original parent run and commit; returns (uploaded, left)."""
+    the working directory), each with its original invocation run and commit; returns (uploaded, left)."""
     cfg = dict(tracking_cfg or {})
     paths = guard.pending()
     if not paths or not cfg.get("enabled", True):

@@ -5,7 +5,7 @@
   retries. The invocation checks once at start; when the server is off it says so once and tells every
   job through OFF_ENV, so jobs skip the attempt altogether.
 - A job that cannot record its run writes a pending record (its job spec, result, status, commit and
-  parent run) under PENDING_DIR; its outputs stay where they are. `declip track sync`, or the next
+  invocation run) under PENDING_DIR; its outputs stay where they are. `declip track sync`, or the next
   invocation that reaches the server, uploads the pending records.
 - Credentials of a tracking URI (`https://user:token@host`) are masked in every message; the URI itself
   travels to jobs through the environment (MLFLOW_TRACKING_URI), never on a command line.

@@ -17,12 +17,13 @@ from pathlib import Path
 # GenAI overview (mlflow/server/js/src/experiment-tracking/constants.ts, ExperimentKind).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-# MLflow 3.1x replaced that per-experiment choice with a global "GenAI | Model training" switch; links
+# MLflow 3.10+ replaced that per-experiment choice with a global "GenAI | Model training" switch; links
 # carry it as this URL parameter (server/js/src/common/contexts/WorkflowTypeContext.tsx).
 WORKFLOW_PARAM = "workflowType=machine_learning"
 # Saved views are experiment tags <prefix><id>, opened by ?viewStateShareKey=<id>
 # (experiment-page/utils/savedViewEnvelope.ts, hooks/useSharedExperimentViewState.ts).
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+NOTE_TAG = "mlflow.note.content"  # an experiment's (or run's) description, Markdown
 SEP = " · "
 BY_NAME = "tags.`mlflow.runName`"  # the runs table's sort key of the Run Name column
 RUN_NAME_COLUMN = "attributes.`Run Name`"  # and its column id
@@ -147,6 +148,17 @@ def views(config: dict) -> dict[str, dict]:
     return out
 
 
+def description(experiment_id: str, config: dict) -> str:
+    """The experiment's description (Markdown, shown above its runs table): one link per saved view.
+    MLflow's runs table shows no metric or param column on a browser's first visit (the columns are the
+    browser's own choice, kept in its local storage), so these links are the one click to the comparison."""
+    links = " · ".join(f"[{view['name'].split(' (')[0].removeprefix('Ablations: ')}]({view_path(experiment_id, key)})"
+                       for key, view in views(config).items())
+    return (f"**Compare the ablation variants** (their settings and headline metrics as columns): {links}\n\n"
+            "Every job of every `snakemake` run is one run here, named by what it is (`distill · no_sdgsc`, "
+            "`regionclf · declip · mini2d_val`); the tables are the runs named by their table id.")
+
+
 def view_tag_value(view: dict, now_ms: int | None = None) -> str:
     """A saved view as the UI stores it: an envelope {name, createdAt, state} whose `state` is the
     view's JSON (the UI accepts it uncompressed); the state's fields are repeated at the top level for
@@ -165,6 +177,13 @@ def view_tag_value(view: dict, now_ms: int | None = None) -> str:
         "columnWidths": {RUN_NAME_COLUMN: 300},
         "compareRunsMode": "TABLE",
         "runsHiddenMode": "SHOW_ALL",
+        # MLflow <=3.9 replaces the page's whole UI state by a shared view's (no merge with defaults; a
+        # missing field crashes the page): its defaults, experiment-page-ui-state.ts in mlflow/server/js.
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False, "groupBy": None,
+        "groupsExpanded": {}, "autoRefreshEnabled": True, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+        "chartsSearchFilter": "",
     }
     created = int(time.time() * 1000) if now_ms is None else now_ms
     return json.dumps({"name": view["name"], "createdAt": created, "state": json.dumps(state), **state})
@@ -173,9 +192,14 @@ def view_tag_value(view: dict, now_ms: int | None = None) -> str:
 def prepare_experiment(client, experiment_id: str, config: dict) -> None:
     """Tag the experiment as model development and (re)write the saved views for this config."""
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    client.set_experiment_tag(experiment_id, NOTE_TAG, description(experiment_id, config))
     for key, view in views(config).items():
         client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, view_tag_value(view))
 
 
+def view_path(experiment_id: str, view_id: str) -> str:
+    return f"#/experiments/{experiment_id}/runs?{WORKFLOW_PARAM}&viewStateShareKey={view_id}"
+
+
 def view_url(experiment_id: str, view_id: str = "declip-regionclf", base: str = "http://127.0.0.1:5000") -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW_PARAM}&viewStateShareKey={view_id}"
+    return f"{base}/{view_path(experiment_id, view_id)}"

@@ -51,7 +51,7 @@ def test_dataset_and_pretraining_outputs(workdir):
     assert (workdir / "logs/pretrain.log").exists() and (workdir / "benchmarks/pretrain.tsv").exists()
 
 
-def test_one_child_run_per_job_under_the_invocation_parent(workdir):
+def test_one_run_per_job_tagged_with_the_invocation_run(workdir):
     runs = _active_runs(workdir)
     children = [r for r in runs if "declip.job_key" in r.data.tags]
     parents = [r for r in runs if r.data.tags.get("declip.invocation") == "snakemake"]
@@ -59,7 +59,7 @@ def test_one_child_run_per_job_under_the_invocation_parent(workdir):
     assert sorted(r.data.tags["declip.rule"] for r in children) == ["dataset_mini2d", "pretrain"]
     for r in children:
         tags = r.data.tags
-        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["declip.invocation_run"] == parents[0].info.run_id and "mlflow.parentRunId" not in tags
         assert tags["declip.dataset"] == "mini2d" and tags["declip.variant"] == ""
         assert tags["declip.git_sha"] and tags["declip.job_key"] == tags["declip.rule"]
         assert r.info.status == "FINISHED"

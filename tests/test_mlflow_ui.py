@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from declip.config import ROOT
-from declip.tracking_ui import HEADLINES, view_url
+from declip.tracking_ui import HEADLINES
 from test_e2e_spine import SMALL
 
 pytestmark = pytest.mark.slow
@@ -44,15 +45,17 @@ def _chromium() -> str:
     return shutil.which("chromium")
 
 
-def _browse(exe: str, url: str, workdir: Path, name: str, budget_ms: int = 30000) -> tuple[str, str]:
-    """Render `url` headless in a fresh profile: the DOM after `budget_ms` of virtual time (the pages are
-    React apps), and a screenshot at `ARTIFACTS/<name>.png`. Returns (dom, console lines)."""
+def _browse(exe: str, url: str, workdir: Path, name: str, budget_ms: int = 30000,
+            profile: str | None = None, height: int = 800) -> tuple[str, str]:
+    """Render `url` headless: the DOM after `budget_ms` of virtual time (the pages are React apps), and a
+    screenshot at `ARTIFACTS/<name>.png`. Returns (dom, console lines). Each render gets a fresh browser
+    profile, unless `profile` names one shared across calls (one user's browser, its local storage kept)."""
     args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--enable-logging=stderr",
-            "--window-size=2400,800", f"--virtual-time-budget={budget_ms}"]
+            f"--window-size=2400,{height}", f"--virtual-time-budget={budget_ms}"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     runs = []
     for i, out in enumerate(("--dump-dom", f"--screenshot={ARTIFACTS / name}.png")):
-        r = subprocess.run([*args, f"--user-data-dir={workdir / f'profile-{name}-{i}'}", out, url],
+        r = subprocess.run([*args, f"--user-data-dir={workdir / (profile or f'profile-{name}-{i}')}", out, url],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         runs.append(r)
@@ -124,7 +127,8 @@ def ui(mini):
         port = s.getsockname()[1]
     log = open(mini / "mlflow-ui.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{mini}/mlflow.db",
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=mini)
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=mini,
+                            start_new_session=True)  # its uvicorn workers and job runner: one process group
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -139,7 +143,7 @@ def ui(mini):
             pytest.fail(f"mlflow ui did not answer on {base} within 300 s: {(mini / 'mlflow-ui.log').read_text()[-3000:]}")
         yield base
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # `mlflow ui` alone would leave its server processes behind
         proc.wait(timeout=60)
         log.close()
 
@@ -150,20 +154,66 @@ def _experiment_id(wd: Path) -> str:
     return MlflowClient(f"sqlite:///{wd}/mlflow.db").get_experiment_by_name("declip-repro").experiment_id
 
 
-@pytest.mark.parametrize("rule", ["evaluate_regionclf", "evaluate_tfseg"])
-def test_runs_table_lists_variants_settings_and_headline_metrics(mini, ui, rule):
-    family = rule.removeprefix("evaluate_")
+def _run_names(grid: _Grid) -> dict[str, dict[str, str]]:
+    # The name cell also holds the run colour picker's value (`#8396a5regionclf · ...`).
+    return {re.sub(r"^#[0-9a-fA-F]{6}", "", cells.get("attributes.`Run Name`", "").strip()): cells
+            for cells in grid.rows.values()}
+
+
+def _link(dom: str, href_pattern: str, title: str | None = None) -> str:
+    """The target of the page's first link whose href matches `href_pattern` (and whose title is `title`)."""
+    for tag in re.findall(r"<a\b[^>]*>", dom):
+        href = re.search(rf'\shref="({href_pattern})"', tag)
+        if href and (title is None or f'title="{title}"' in tag):
+            return html.unescape(href.group(1))
+    raise AssertionError(f"no link matching {href_pattern!r} (title {title!r}) on the page")
+
+
+@pytest.fixture(scope="module")
+def experiment_page(mini, ui):
+    """A new user's first visit: a fresh browser at the bare `mlflow ui` address (no link, no query), then
+    the experiment's link on its home page. Yields (DOM of the experiment page, its link)."""
     exe = _chromium()
-    dom, console = _browse(exe, view_url(_experiment_id(mini), f"declip-{family}", base=ui), mini, f"mlflow-{family}")
+    home, console = _browse(exe, f"{ui}/", mini, "mlflow-home", profile="profile-user")
+    assert "Uncaught" not in console, console
+    href = _link(home, r"#/experiments/\d+", title="declip-repro")  # the experiments list on the home page
+    assert href == f"#/experiments/{_experiment_id(mini)}", href
+    # Tall enough for every run of the mini run (the grid renders the rows in view).
+    dom, console = _browse(exe, f"{ui}/{href}", mini, "mlflow-experiment", profile="profile-user", height=2000)
+    assert "Uncaught" not in console, console
+    return dom, href
+
+
+def test_bare_ui_opens_on_the_runs_table_with_every_variant_run(mini, experiment_page):
+    dom, _ = experiment_page
+    # The experiment kind (MLflow <3.10 reads our tag): the model-training runs table, not the GenAI overview.
+    assert "Machine learning" in dom
+    grid = _Grid()
+    grid.feed(dom)
+    assert "attributes.`Run Name`" in grid.headers, grid.headers
+    names = _run_names(grid)
+    # Not nested: every job is a row of its own on first load, nothing to expand.
+    for variant in VARIANTS:
+        for name in (f"distill · {variant}", f"regionclf · {variant} · mini2d_val", f"tfseg · {variant} · mini2d_val"):
+            assert name in names, f"run {name!r} not listed without expanding; rows: {sorted(names)}"
+    assert "abl_sdgsc" in names  # a table's run
+
+
+@pytest.mark.parametrize("rule", ["evaluate_regionclf", "evaluate_tfseg"])
+def test_one_click_shows_variants_settings_and_headline_metrics(mini, ui, experiment_page, rule):
+    """The experiment's description (above the runs table) links each family's comparison: following it
+    in the same browser shows the variants with their differing setting and headline metric columns."""
+    family = rule.removeprefix("evaluate_")
+    page, href = experiment_page
+    view = _link(page, re.escape(f"{href}/runs?") + r"[^\"]*viewStateShareKey=declip-" + family)
+    dom, console = _browse(_chromium(), f"{ui}/{view}", mini, f"mlflow-{family}", profile="profile-user")
     assert "Uncaught" not in console, console
     grid = _Grid()
     grid.feed(dom)
     heads = HEADLINES[rule]
     for col in [f"metrics.`{m}`" for m in heads] + ["params.`sd_gsc`"]:  # sd_gsc: what the two variants change
         assert col in grid.headers, f"column {col} not shown; columns: {grid.headers}"
-    # The name cell also holds the run colour picker's value (`#8396a5regionclf · ...`).
-    rows = {re.sub(r"^#[0-9a-fA-F]{6}", "", cells.get("attributes.`Run Name`", "").strip()): cells
-            for cells in grid.rows.values()}
+    rows = _run_names(grid)
     for variant in VARIANTS:
         name = f"{family} · {variant} · mini2d_val"
         assert name in rows, f"run {name!r} not listed; rows: {list(rows)}"

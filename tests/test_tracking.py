@@ -1,4 +1,4 @@
-"""MLflow mirror: child runs with the declip tags under the invocation's parent; re-runs supersede."""
+"""MLflow mirror: one run per job with the declip tags and its invocation's run id; re-runs supersede."""
 
 import json
 
@@ -36,7 +36,7 @@ def _runs(uri, view="ACTIVE_ONLY"):
     return client, client.search_runs([exp.experiment_id], run_view_type=getattr(ViewType, view))
 
 
-def test_child_run_with_tags_under_parent(tmp_path, sqlite_uri):
+def test_job_run_with_tags_and_its_invocation(tmp_path, sqlite_uri):
     cfg = C.load(overrides={"tracking": {"record": "job"}})
     parent = tracking.start_invocation(cfg, targets=["results/table2.csv"])
     assert parent
@@ -45,7 +45,8 @@ def test_child_run_with_tags_under_parent(tmp_path, sqlite_uri):
     client, runs = _runs(sqlite_uri)
     child = client.get_run(run_id)
     tags = child.data.tags
-    assert tags["mlflow.parentRunId"] == parent
+    assert tags[tracking.INVOCATION_TAG] == parent
+    assert "mlflow.parentRunId" not in tags  # not nested: the runs table lists it without expanding
     assert tags["declip.rule"] == "evaluate_regionclf"
     assert tags["declip.variant"] == "declip"
     assert tags["declip.dataset"] == "mini2d_val"
@@ -75,7 +76,7 @@ def test_invocation_records_queued_job_runs_when_it_ends(tmp_path, sqlite_uri, m
     tracking.end_invocation(cfg, "FINISHED")
     client, runs = _runs(sqlite_uri)
     child = next(r for r in runs if r.info.run_id != parent)
-    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.tags[tracking.INVOCATION_TAG] == parent
     assert child.data.tags["declip.job_key"] == spec["job_key"]
     assert child.data.metrics["thing_top1"] == 42.0
     assert child.info.status == "FINISHED"
@@ -195,6 +196,11 @@ def test_experiment_opens_on_runs_with_saved_views(sqlite_uri):
     changed = {k for v in cfg["variants"] for k in cfg["variant_presets"][v]}
     assert {c[len("params.`"):-1] for c in state["selectedColumns"][2:]} == changed
     assert {k: view[k] for k in state} == state  # also readable by releases without named views
+    # The description above the runs table links every saved view (one click from a bare `mlflow ui`).
+    note = tags["mlflow.note.content"]
+    exp_id = client.get_experiment_by_name("declip-repro").experiment_id
+    for key in ("declip-regionclf", "declip-tfseg", "declip-ov3d", "declip-distill", "declip-tables"):
+        assert f"(#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey={key})" in note
     hint = tracking.comparison_hint(cfg)
     assert "workflowType=machine_learning&viewStateShareKey=declip-regionclf" in hint
     tracking.end_invocation(cfg, "FINISHED")

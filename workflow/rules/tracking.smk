@@ -1,5 +1,6 @@
-# MLflow: the database and the invocation's parent run are created once here, in the main process;
-# each job's child run is recorded by `declip <verb> --job ...` (declip.tracking). Also the SLURM preflight.
+# MLflow: the database and the invocation's run are created once here, in the main process;
+# each job's run (tagged with the invocation's run id) is recorded by `declip <verb> --job ...`
+# (declip.tracking). Also the SLURM preflight.
 
 import shutil
 import subprocess
