@@ -178,9 +178,7 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
     reason = guard.unreachable(tracking_uri(cfg))  # bounded: seconds, not MLflow's retries
     if reason is None:
         try:
-            if job.get("rule") in TABLE_RULES and status == "FINISHED":
-                return _record_tables(job, result, seconds, cfg)
-            return _record(job, result, seconds, status, cfg)
+            return _record_any(job, result, seconds, status, cfg)
         except Exception as e:  # noqa: BLE001 - tracking never fails a job
             reason = guard.redact(e)
     path = guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
@@ -188,6 +186,13 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
         log.warning("MLflow: job %s not recorded (%s); its files are unaffected and its record waits in %s "
                     "for `declip track sync`", job.get("job_key"), reason, path)
     return None
+
+
+def _record_any(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str | None:
+    """A job's run, or one run per table for a finished tables job."""
+    if job.get("rule") in TABLE_RULES and status == "FINISHED":
+        return _record_tables(job, result, seconds, cfg)
+    return _record(job, result, seconds, status, cfg)
 
 
 def _record(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str:
@@ -316,7 +321,7 @@ def sync_pending(tracking_cfg: dict | None = None) -> tuple[int, int]:
             if rec.get("parent"):
                 os.environ[PARENT_ENV] = rec["parent"]
             try:
-                _record(job, rec["result"], rec["seconds"], rec["status"], {**job.get("tracking", {}), **cfg})
+                _record_any(job, rec["result"], rec["seconds"], rec["status"], {**job.get("tracking", {}), **cfg})
             except Exception as e:  # noqa: BLE001
                 log.warning("MLflow: could not upload %s (%s); it stays pending", path, guard.redact(e))
                 continue
