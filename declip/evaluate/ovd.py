@@ -132,6 +132,9 @@ def train(cfg: dict, variant: str, checkpoint: str | None, out: str | Path, devi
     label_of = {c["id"]: i + 1 for i, c in enumerate(data.categories)}
     model_bundle = load_eval_model(cfg, variant, checkpoint, device, family_dense_mode(cfg, "ovd"))
     embed = class_embeddings(model_bundle, names, settings["templates"])
+    # The new layers' init and torchvision's RPN / RoI samplers (torch.randperm) draw from the global RNG:
+    # seeded, so the same commit, config and threads give the same detector (as distillation does).
+    torch.manual_seed(cfg["seed"])
     model = FViT(model_bundle.dense, embed, novel_mask(names, novel), d).to(device)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=d["lr"], betas=(0.9, 0.999), weight_decay=d["weight_decay"])
