@@ -119,7 +119,7 @@ def comparison_hint(config: dict) -> str | None:
 
 def end_invocation(config: dict, status: str) -> None:
     """Upload the records the jobs queued (`tracking.record: invocation`, or a store they could not reach),
-    then close the invocation's parent run."""
+    then close the invocation's run."""
     run_id = os.environ.get(PARENT_ENV)
     cfg = config.get("tracking", {})
     if not run_id or not cfg.get("enabled", True):
