@@ -172,7 +172,7 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
     if not cfg.get("enabled", True):
         return None
     if os.environ.get(DEFER_ENV):  # no mlflow import in the job: the invocation uploads the record when it ends
-        guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
+        _queue(job, result, seconds, status)
         return None
     guard.bound_http_waits()
     reason = guard.unreachable(tracking_uri(cfg))  # bounded: seconds, not MLflow's retries
@@ -181,11 +181,16 @@ def record_job(job: dict, result: dict, seconds: float, status: str = "FINISHED"
             return _record_any(job, result, seconds, status, cfg)
         except Exception as e:  # noqa: BLE001 - tracking never fails a job
             reason = guard.redact(e)
-    path = guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
+    path = _queue(job, result, seconds, status)
     if not os.environ.get(guard.OFF_ENV):  # else the invocation has said it once already
         log.warning("MLflow: job %s not recorded (%s); its files are unaffected and its record waits in %s "
                     "for `declip track sync`", job.get("job_key"), reason, path)
     return None
+
+
+def _queue(job: dict, result: dict, seconds: float, status: str) -> Path:
+    """Keep the job's record for `sync_pending` (with its invocation run and commit)."""
+    return guard.save_pending(job, result, seconds, status, os.environ.get(PARENT_ENV), git_sha())
 
 
 def _record_any(job: dict, result: dict, seconds: float, status: str, cfg: dict) -> str | None:

@@ -28,7 +28,7 @@ def _update(h, tensor) -> None:
     h.update(t.view(torch.uint8).numpy().tobytes())
 
 
-def weights_digest(module) -> str:
+def state_digest(module) -> str:
     """sha256 over a module's state dict (names, shapes, dtypes and values)."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -43,7 +43,7 @@ class CropTargetMemo:
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.prefix = json.dumps({"teacher": weights_digest(teacher), "threads": torch.get_num_threads(), **settings},
+        self.prefix = json.dumps({"teacher": state_digest(teacher), "threads": torch.get_num_threads(), **settings},
                                  sort_keys=True, default=str)
         self.hits = self.misses = 0
 

@@ -380,7 +380,7 @@ def amp_setup(device, precision: str):
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def crop_memo(cfg: dict, method: dict, original, amp_dtype):
+def make_crop_memo(cfg: dict, method: dict, original, amp_dtype):
     """The shared memo of crop targets under `paths.cache` when `distill.crop_target_cache` is on."""
     if not cfg["distill"].get("crop_target_cache") or method["content_loss"] != "self":
         return None
@@ -476,7 +476,7 @@ def distill(cfg: dict, method: dict, variant: str, items: list, out_path: str | 
                       student_cfg=cfg["student"], device=dev, image_ids=[i for i, _ in items], seed=cfg["seed"],
                       batch_size=batch_size, micro_batch=micro, rank=dist_env.rank,
                       world_size=dist_env.world_size, amp_dtype=amp_dtype, scaler=scaler,
-                      pinned=pinned_rows(clip, original, method), crop_memo=crop_memo(cfg, method, original, amp_dtype))
+                      pinned=pinned_rows(clip, original, method), crop_memo=make_crop_memo(cfg, method, original, amp_dtype))
     last = {}
     log_time, log_images = time.time(), 0
     bar = tqdm(total=steps, initial=start_step, desc=f"distill {variant}", disable=not dist_env.main, unit="step")

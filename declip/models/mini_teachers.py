@@ -286,8 +286,8 @@ def train_sd(unet, vae, scheduler, embeds, images, sc: dict, gen, budget, resolu
     import torch
     import torch.nn.functional as F
 
-    side = int(sc.get("crop_size") or resolution)
-    t_max = int(sc.get("max_timestep") or scheduler.config.num_train_timesteps)
+    side = int(sc["crop_size"] or resolution)
+    t_max = int(sc["max_timestep"] or scheduler.config.num_train_timesteps)
     opt = torch.optim.AdamW(vae.parameters(), lr=sc["lr"], weight_decay=0.0)
     vae_losses = []
     for _ in scheduled(opt, budget, sc["vae_steps"], sc["warmup_steps"], sc["lr"]):
