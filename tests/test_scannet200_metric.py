@@ -109,6 +109,21 @@ def test_duplicate_detection_is_a_false_positive():
     assert m.evaluate({"s": gt}, {"s": preds})["AP"] == pytest.approx(1.0)
 
 
+def test_wall_and_floor_labels_are_not_written_and_scores_are_unchanged(tmp_path):
+    gt = scene((CHAIR * 1000 + 1, 150), (TABLE * 1000 + 2, 150), (FLOOR * 1000 + 3, 100))
+    preds = [m.Prediction(mask_of(gt, CHAIR * 1000 + 1), CHAIR, 1.0),
+             m.Prediction(mask_of(gt, TABLE * 1000 + 2), FLOOR, 1.0),  # a 200-class vocabulary can say floor
+             m.Prediction(mask_of(gt, FLOOR * 1000 + 3), WALL, 0.5)]
+    path = m.write_predictions(tmp_path / "pred", "scene0000_00", preds)
+    lines = path.read_text().splitlines()
+    assert lines == [f"pred_mask/scene0000_00_0.txt {CHAIR} 1.000000"]
+    back = m.read_predictions(path)  # accepted by the strict reader
+    a, b = m.evaluate({"s": gt}, {"s": back}), m.evaluate({"s": gt}, {"s": preds})  # the official rule drops them too
+    for k in ("AP", "AP50", "AP25", "AP_head", "AP_common", "AP_tail"):
+        np.testing.assert_equal(a[k], b[k])
+    assert a["AP"] == 0.5  # chair found; table missed (its mask went to floor)
+
+
 def test_benchmark_files_round_trip_and_cli(tmp_path, capsys):
     gt = scene((CHAIR * 1000 + 1, 150), (TABLE * 1000 + 2, 150), (FLOOR * 1000 + 3, 100))
     (tmp_path / "gt").mkdir()

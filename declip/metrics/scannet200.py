@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from declip.data.scannet200 import INSTANCE_CLASS_IDS, NAME_OF, SPLIT_OF, SPLITS
+from declip.data.scannet200 import INSTANCE_CLASS_IDS, NAME_OF, NON_INSTANCE_IDS, SPLIT_OF, SPLITS
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -247,11 +247,15 @@ _VALID_IDS = frozenset(int(i) for i in INSTANCE_CLASS_IDS)
 
 
 def write_predictions(pred_dir: str | Path, scene: str, preds: list[Prediction]) -> Path:
-    """Write `<pred_dir>/<scene>.txt` and `<pred_dir>/pred_mask/<scene>_<k>.txt` (benchmark format)."""
+    """Write `<pred_dir>/<scene>.txt` and `<pred_dir>/pred_mask/<scene>_<k>.txt` (benchmark format).
+
+    Masks labelled wall or floor (a 200-class vocabulary has them; OpenMask3D classifies over all 200) are
+    not written: the official script skips every prediction whose label is not an instance class, so the
+    scores are unchanged, and the files stay within what `read_predictions` accepts."""
     pred_dir = Path(pred_dir)
     (pred_dir / "pred_mask").mkdir(parents=True, exist_ok=True)
     lines = []
-    for k, p in enumerate(preds):
+    for k, p in enumerate(q for q in preds if int(q.label_id) not in NON_INSTANCE_IDS):
         rel = f"pred_mask/{scene}_{k}.txt"
         (pred_dir / rel).write_text("\n".join("1" if m else "0" for m in np.asarray(p.mask, bool)) + "\n")
         lines.append(f"{rel} {int(p.label_id)} {float(p.confidence):.6f}")
