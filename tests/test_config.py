@@ -48,6 +48,23 @@ def test_every_schema_property_has_a_description_or_is_structural():
             assert sub.get("description"), f"{section}.{key} has no description citing its source"
 
 
+def test_every_schema_property_is_a_schema_and_descriptions_are_whole():
+    """An unquoted description holding a comma inside a YAML flow mapping is cut there and leaves a stray
+    key with a null value; every `properties` entry must be a mapping (a sub-schema)."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, sub in node.get("properties", {}).items():
+                assert isinstance(sub, dict), f"{where}.{key} is {sub!r}, not a schema: quote its neighbour's description"
+            for key, sub in node.items():
+                walk(sub, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, f"{where}[{i}]")
+
+    walk(C.load_schema(), "schema")
+    assert "linear warm-up then cosine" in C.load_schema()["properties"]["mini"]["properties"]["teachers"]["properties"]["lr"]["description"]
+
+
 def test_invalid_enum_names_key_and_allowed_values():
     with pytest.raises(C.ConfigError) as e:
         C.load(overrides={"method": {"context_loss": "cosine"}})
