@@ -1,6 +1,5 @@
 """Prompt ensembles, synonyms and the text-embedding cache (declip.evaluate.text)."""
 
-import os
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +44,14 @@ class FakeTokenizer:
         return torch.tensor([[sum(map(ord, t)) % 997, len(t)] for t in texts])
 
 
-class FakeCLIP:
-    """encode_text: a fixed random function of the tokens (unnormalised, like CLIP)."""
+class FakeCLIP(torch.nn.Module):
+    """encode_text: a fixed random function of the tokens (unnormalised, like CLIP); an image tower `visual`."""
 
     def __init__(self):
+        super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.table = torch.randn(997, 8, generator=g)
+        self.table = torch.nn.Parameter(torch.randn(997, 8, generator=g), requires_grad=False)
+        self.visual = torch.nn.Linear(2, 2)
         self.calls = 0
 
     def encode_text(self, tokens):
@@ -77,9 +78,7 @@ def test_explicit_single_template_is_the_normalised_prompt_embedding():
 
 def test_cache_hit_and_invalidation(tmp_path):
     clip, tok = FakeCLIP(), FakeTokenizer()
-    ckpt = tmp_path / "model.pt"
-    ckpt.write_bytes(b"x")
-    kw = dict(model_name="tiny", checkpoint=ckpt, cache_dir=tmp_path / "text")
+    kw = dict(model_name="tiny", cache_dir=tmp_path / "text")
     emb, owner = T.text_embeddings(clip, tok, ["a; b", "c"], "vild", **kw)
     n = clip.calls
     again, owner2 = T.text_embeddings(clip, tok, ["a; b", "c"], "vild", **kw)
@@ -88,10 +87,25 @@ def test_cache_hit_and_invalidation(tmp_path):
     T.text_embeddings(clip, tok, ["a; b", "c"], "imagenet", **kw)  # other templates -> re-encoded
     assert clip.calls > n
     n = clip.calls
-    os.utime(ckpt, ns=(0, 12345))  # a re-written checkpoint -> re-encoded
+    with torch.no_grad():
+        clip.visual.weight.add_(1.0)  # a distilled image tower: same text tower -> the cache still serves
+    T.text_embeddings(clip, tok, ["a; b", "c"], "vild", **kw)
+    assert clip.calls == n
+    with torch.no_grad():
+        clip.table[0, 0] += 1e-3  # another text tower -> re-encoded
     T.text_embeddings(clip, tok, ["a; b", "c"], "vild", **kw)
     assert clip.calls > n
     assert len(list((tmp_path / "text").glob("tiny-*.npy"))) == 3
+
+
+def test_text_tower_digest_ignores_the_image_tower_and_sees_every_text_tensor():
+    a, b = FakeCLIP(), FakeCLIP()
+    assert T.text_tower_digest(a) == T.text_tower_digest(b)
+    with torch.no_grad():
+        b.visual.bias.add_(1.0)
+    assert T.text_tower_digest(a) == T.text_tower_digest(b)
+    b.table.data = b.table.data.to(torch.bfloat16)  # same values' dtype change is a different tower
+    assert T.text_tower_digest(a) != T.text_tower_digest(b)
 
 
 def test_resolve_checkpoint(tmp_path):

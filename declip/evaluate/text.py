@@ -96,17 +96,31 @@ def max_over_synonyms(scores, owner, num_classes: int, dim: int = -1):
     return out.scatter_reduce(dim, owner.view(view).expand_as(scores), scores, reduce="amax")
 
 
-def cache_key(model_name: str, checkpoint, queries: list[str], template_set) -> str:
-    """<model>-<hash of checkpoint path+mtime, queries, templates>: any change re-encodes."""
-    ckpt = resolve_path(checkpoint) if checkpoint else None
-    mtime = ckpt.stat().st_mtime_ns if ckpt is not None and ckpt.exists() else None
+def text_tower_digest(clip) -> str:
+    """sha256 of every tensor of `clip` outside its image tower (`visual.*`): distillation trains only the image
+    tower and its weight ensemble keeps frozen tensors bit-identical, so every distilled variant of one CLIP
+    shares the original's text embeddings (one encoding per text tower, not per checkpoint)."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, value in sorted(clip.state_dict().items()):
+        if key.startswith("visual."):
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: bf16 has no numpy dtype
+    return h.hexdigest()
+
+
+def cache_key(model_name: str, text_digest: str, queries: list[str], template_set) -> str:
+    """<model>-<hash of the text tower's weights, queries, templates>: any change re-encodes."""
     kind = template_set if isinstance(template_set, str) else "explicit"  # named sets expand differently
-    payload = json.dumps([str(ckpt), mtime, queries, kind, _templates_of(template_set)])
+    payload = json.dumps([text_digest, queries, kind, _templates_of(template_set)])
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
     return f"{safe_model}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-def text_embeddings(clip, tokenize, names: list[str], template_set, *, model_name: str, checkpoint,
+def text_embeddings(clip, tokenize, names: list[str], template_set, *, model_name: str,
                     cache_dir: str | Path | None = "cache/text", device="cpu"):
     """Embeddings of every query of `names` (Q, C) and the owner class of each query, cached as .npy."""
     import numpy as np
@@ -115,7 +129,7 @@ def text_embeddings(clip, tokenize, names: list[str], template_set, *, model_nam
     queries, owner = split_synonyms(names)
     path = None
     if cache_dir is not None:
-        path = resolve_path(cache_dir) / f"{cache_key(model_name, checkpoint, queries, template_set)}.npy"
+        path = resolve_path(cache_dir) / f"{cache_key(model_name, text_tower_digest(clip), queries, template_set)}.npy"
         if path.exists():
             emb = torch.from_numpy(np.load(path))
             if emb.shape[0] == len(queries):
@@ -162,7 +176,7 @@ class EvalModel:
         """(Q, C) query embeddings on the device and the owner class of each query; template_set is
         "vild", "imagenet" or a sequence of '{}' templates."""
         return text_embeddings(self.clip, self.tokenize, names, template_set, model_name=self.model_name,
-                               checkpoint=self.checkpoint, cache_dir=self.cache_dir, device=self.device)
+                               cache_dir=self.cache_dir, device=self.device)
 
 
 def family_dense_mode(cfg: dict, family: str) -> str:
