@@ -100,6 +100,8 @@ if MINI:
         benchmark:
             "benchmarks/pretrain.tsv"
         threads: job_threads("pretrain")
+        # The longest job, and every distillation waits for it: start it before the teachers' pretraining.
+        priority: 10
         resources:
             **job_resources("pretrain"),
         conda:
