@@ -62,6 +62,13 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `declip` command: a job of a local run goes to the warm job server when one is up
+        from declip.cli.job_server import run_remote
+
+        code = run_remote(sys.argv)
+        if code is not None:
+            return code
+        argv = sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     if not sys.stderr.isatty():

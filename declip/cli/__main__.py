@@ -4,4 +4,4 @@ import sys
 
 from declip.cli import main
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:]))  # in this process: never through the job server

@@ -19,11 +19,17 @@ onstart:
     from declip.tracking import start_invocation
 
     start_invocation(config, targets=sorted(workflow.dag_settings.targets))
+    if executor == "local":  # after start_invocation: the server's environment has the tracking variables
+        from declip.cli import job_server
+
+        job_server.start(config, os.path.join(config["paths"]["logs"], "job_server.log"))
 
 
 onsuccess:
+    from declip.cli import job_server
     from declip.tracking import comparison_hint, end_invocation
 
+    job_server.stop()
     end_invocation(config, "FINISHED")
     hint = comparison_hint(config)
     if hint:
@@ -32,8 +38,10 @@ onsuccess:
 
 
 onerror:
+    from declip.cli import job_server
     from declip.tracking import end_invocation
 
+    job_server.stop()
     end_invocation(config, "FAILED")
 
 
