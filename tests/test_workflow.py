@@ -53,8 +53,10 @@ def test_dry_run_mini_one_teacher_job_per_teacher(tmp_path):
     # 6 VFMs used by the variants + SD on the training set, + the figure VFM on the evaluation set;
     # never one extraction per variant.
     assert jobs["teachers"] == 8
-    # One label-free pretraining per tiny teacher used (6 VFMs + SD), shared by every seed.
-    assert jobs["pretrain_teacher"] == 7 and jobs["clip_affinity"] == 1 and jobs["claims"] == 1
+    # One label-free pretraining per tiny teacher used (6 VFMs + SD), shared by every seed; SD and the
+    # default VFM, which most variants wait for, by the higher-priority copy of the rule.
+    assert jobs["pretrain_teacher"] + jobs["pretrain_teacher_first"] == 7 and jobs["pretrain_teacher_first"] == 2
+    assert jobs["clip_affinity"] == 1 and jobs["claims"] == 1
     # Every trained variant of config.yaml once; `clip` is not trained, and `context_q` / `vfm_dinov2_b`
     # are the same recipes as `declip` / `declip_cvpr` (they share those checkpoints); plus the
     # `seed_variants` once per extra seed (claims table).

@@ -27,6 +27,15 @@ if MINI and config["teachers"].get("tiny_weights"):
             "declip pretrain --job {params.job:q} --teacher {wildcards.teacher} --data {input.train} "
             "--out {output.weights} --threads {threads} > {log} 2>&1"
 
+    # The teachers most variants wait for (SD and the default VFM) are trained first; the other VFMs serve
+    # one vfm_* variant each.
+    use rule pretrain_teacher as pretrain_teacher_first with:
+        priority: 5
+        wildcard_constraints:
+            teacher="|".join(["sd", variant_method(config, "declip")["vfm"]]),
+
+    ruleorder: pretrain_teacher_first > pretrain_teacher
+
 
 if MINI:
 

@@ -17,6 +17,7 @@ rule teachers:
     benchmark:
         "benchmarks/teachers/{dataset}-{teacher}.tsv"
     threads: job_threads("teachers")
+    priority: 5  # seconds each, and distillations wait for them
     resources:
         **job_resources("teachers"),
     conda:
