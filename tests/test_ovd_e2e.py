@@ -34,6 +34,13 @@ def test_ovd_table_from_nothing(tmp_path):
         assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
     rows = list(csv.DictReader(open(tmp_path / "results/tables/ovd.csv")))
     assert {(r["mode"], r["variant"]) for r in rows if r["protocol"] != "paper"} == {("detector", "clip"), ("boxclf", "clip")}
+    # Trained again from scratch: the same detector, bit for bit (its init and samplers are seeded).
+    again = subprocess.run(cmd[:-2] + ["--forcerun", "train_detector", "--", "results/ovd/clip/detector.pt"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    retrained = torch_load(tmp_path / "results/ovd/clip/detector.pt")
+    assert retrained["state"].keys() == det["state"].keys()
+    assert all(retrained["state"][k].equal(v) for k, v in det["state"].items())
 
 
 def torch_load(path):
