@@ -96,3 +96,20 @@ def test_sigterm_to_the_caller_reaches_the_child(server, tmp_path):
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{child}").exists(), "the forked job outlived its caller"
+
+
+def test_start_waits_for_the_server_and_stop_removes_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(job_server.ENV, raising=False)
+    job_server.start({"job_server": {"enabled": False}}, str(tmp_path / "off.log"))
+    assert job_server.ENV not in os.environ  # off: nothing started
+    job_server.start({"job_server": {"enabled": True}}, str(tmp_path / "logs/job_server.log"))
+    try:
+        path = os.environ[job_server.ENV]
+        assert os.path.exists(path)  # start() returns once the imports are done
+        process, _ = job_server._server
+        assert process.poll() is None
+    finally:
+        job_server.stop()
+    assert job_server.ENV not in os.environ and not os.path.exists(path)
+    assert process.poll() is not None
+    assert "ready on" in (tmp_path / "logs/job_server.log").read_text()

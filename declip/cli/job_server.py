@@ -167,13 +167,14 @@ def _receive(conn, size: int) -> bytes:
 
 
 # ---------------------------------------------------------------- started and stopped by the Snakefile
-_server = None
+_server = None  # (process, socket path) of this invocation's server
 
 
 def start(config: dict, log_path: str) -> None:
     """Start the server for this invocation (onstart, local executor) and export its socket to the jobs."""
     import subprocess
     import tempfile
+    import time
 
     global _server
     if not config.get("job_server", {}).get("enabled", False) or _server is not None:
@@ -182,33 +183,33 @@ def start(config: dict, log_path: str) -> None:
     path = os.path.join(folder, "socket")
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "a") as log:
-        _server = subprocess.Popen([sys.executable, "-m", "declip.cli.job_server", path, str(os.getpid())],
+        process = subprocess.Popen([sys.executable, "-m", "declip.cli.job_server", path, str(os.getpid())],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _server.socket_path = path
+    _server = (process, path)
     os.environ[ENV] = path
     # Wait for its imports, so the first jobs are served too (a job meanwhile would import on its own).
-    import time
-
     deadline = time.monotonic() + 120
-    while not os.path.exists(path) and _server.poll() is None and time.monotonic() < deadline:
+    while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
 def stop() -> None:
     """Stop the server (onsuccess / onerror); jobs already forked finish on their own."""
     import shutil
+    import subprocess
 
     global _server
     if _server is None:
         return
-    os.environ.pop(ENV, None)
-    _server.terminate()
-    try:
-        _server.wait(timeout=10)
-    except Exception:  # noqa: BLE001 - a server that will not stop is killed
-        _server.kill()
-    shutil.rmtree(os.path.dirname(_server.socket_path), ignore_errors=True)
+    process, path = _server
     _server = None
+    os.environ.pop(ENV, None)
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 if __name__ == "__main__":
