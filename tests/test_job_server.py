@@ -5,7 +5,6 @@ server it runs in-process."""
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,20 +18,13 @@ pytestmark = pytest.mark.skipif(DECLIP is None, reason="the `declip` command is 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A server whose parent is this test process, as Snakemake's onstart starts it."""
-    tmp_path = tmp_path_factory.mktemp("server")
-    path = str(tmp_path / "s")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "declip.cli.job_server", path, str(os.getpid())],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-        time.sleep(0.1)
-    yield path, tmp_path / "server.log"
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    """A server started as Snakemake's onstart starts it (its parent is this test process)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    job_server.start({"job_server": {"enabled": True}}, str(log))
+    path = os.environ[job_server.ENV]
+    assert os.path.exists(path), log.read_text()
+    yield path, log
+    job_server.stop()
 
 
 def _declip(args, env, cwd):
@@ -99,6 +91,7 @@ def test_sigterm_to_the_caller_reaches_the_child(server, tmp_path):
 
 
 def test_start_waits_for_the_server_and_stop_removes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(job_server, "_server", None)  # a server of its own, whatever the fixture started
     monkeypatch.delenv(job_server.ENV, raising=False)
     job_server.start({"job_server": {"enabled": False}}, str(tmp_path / "off.log"))
     assert job_server.ENV not in os.environ  # off: nothing started

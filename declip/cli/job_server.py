@@ -148,11 +148,12 @@ def _child(conn) -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        status = int(code or 0)
         try:
-            conn.sendall(json.dumps({"status": int(code or 0)}).encode() + b"\n")
+            conn.sendall(json.dumps({"status": status}).encode() + b"\n")
         except OSError:
             pass
-        os._exit(int(code or 0))
+        os._exit(status)
 
 
 def _receive(conn, size: int) -> bytes:

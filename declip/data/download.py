@@ -24,9 +24,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import yaml
 
-from declip.config import resolve_path, workflow_dir
+from declip.config import read_yaml, resolve_path, workflow_dir
 from declip.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def load_manifest(name: str) -> dict:
     path = manifest_path(name)
     if not path.exists():
         raise UserFacingError(f"no download manifest {path}; known datasets: {', '.join(available())}")
-    m = yaml.safe_load(path.read_text()) or {}
+    m = read_yaml(path.read_text()) or {}
     for key in ("name", "root"):
         if key not in m:
             raise UserFacingError(f"manifest {path} lacks `{key}`")

@@ -17,24 +17,9 @@ import logging
 import os
 from pathlib import Path
 
+from declip.models.digest import state_digest, update_digest
+
 log = logging.getLogger(__name__)
-
-
-def _update(h, tensor) -> None:
-    import torch
-
-    t = tensor.detach().cpu().contiguous().flatten()
-    h.update(f"{tuple(tensor.shape)}{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
-
-
-def state_digest(module) -> str:
-    """sha256 over a module's state dict (names, shapes, dtypes and values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        _update(h, tensor)
-    return h.hexdigest()
 
 
 class CropTargetMemo:
@@ -50,8 +35,8 @@ class CropTargetMemo:
     def key(self, originals: list, boxes: list) -> str:
         h = hashlib.sha256(self.prefix.encode())
         for image, box in zip(originals, boxes):
-            _update(h, image)
-            _update(h, box)
+            update_digest(h, image)
+            update_digest(h, box)
         return h.hexdigest()
 
     def __call__(self, originals: list, boxes: list, compute, device=None):

@@ -97,19 +97,12 @@ def max_over_synonyms(scores, owner, num_classes: int, dim: int = -1):
 
 
 def text_tower_digest(clip) -> str:
-    """sha256 of every tensor of `clip` outside its image tower (`visual.*`): distillation trains only the image
+    """Digest of every tensor of `clip` outside its image tower (`visual.*`): distillation trains only the image
     tower and its weight ensemble keeps frozen tensors bit-identical, so every distilled variant of one CLIP
     shares the original's text embeddings (one encoding per text tower, not per checkpoint)."""
-    import torch
+    from declip.models.digest import state_digest
 
-    h = hashlib.sha256()
-    for key, value in sorted(clip.state_dict().items()):
-        if key.startswith("visual."):
-            continue
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())  # raw bytes: bf16 has no numpy dtype
-    return h.hexdigest()
+    return state_digest(clip, skip_prefix="visual.")
 
 
 def cache_key(model_name: str, text_digest: str, queries: list[str], template_set) -> str:
